@@ -1,0 +1,1 @@
+"""The study's experiments as batch scripts, loaders of run directories, and plots."""

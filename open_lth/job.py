@@ -1,0 +1,55 @@
+"""The job flags: where a run lives and how it is watched. None of them changes the
+numbers, so none of them enters the run name."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from open_lth import registries
+from open_lth.errors import UserError
+from open_lth.platform_base import Platform
+from open_lth.step import check_step_syntax
+from open_lth.trainer import TrainOptions
+
+
+@dataclass
+class Job:
+    replicate: int
+    platform: Platform
+    options: TrainOptions
+
+
+def add_job_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Job", "Where the run lives and how it is watched.")
+    group.add_argument(
+        "--default_hparams",
+        metavar="MODEL",
+        help="start from this model's default hparams, e.g. mnist_lenet_300_100",
+    )
+    group.add_argument("--replicate", type=int, default=1, help="replicate number; seeds the init")
+    group.add_argument("--platform", default="local", help="local (default) or another platform")
+    group.add_argument("--root", help="where runs are stored (default: the platform's)")
+    group.add_argument(
+        "--dataset_root", help="where data sets are found (default: <root>/datasets)"
+    )
+    group.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
+    group.add_argument("--eval_every", help="evaluation interval, e.g. 500it (default: one epoch)")
+    group.add_argument(
+        "--checkpoint_every", help="checkpoint interval, e.g. 2ep (default: one epoch)"
+    )
+    group.add_argument(
+        "--display_output_location", action="store_true", help="print the run directory and exit"
+    )
+    group.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def create_job(args: argparse.Namespace) -> Job:
+    if args.replicate < 0:
+        raise UserError(f"--replicate must be a non-negative integer, got {args.replicate}")
+    for flag in ("eval_every", "checkpoint_every"):
+        if getattr(args, flag):
+            check_step_syntax(getattr(args, flag), f"--{flag}")
+    platform = registries.platforms.get(args.platform)(args.root, args.dataset_root, args.device)
+    options = TrainOptions(args.eval_every, args.checkpoint_every, args.quiet)
+    return Job(args.replicate, platform, options)

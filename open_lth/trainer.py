@@ -1,0 +1,338 @@
+"""The training loop: the whole step on the device, resumable to the bit.
+
+Randomness is a function of (seed, step): the data order of epoch e comes from
+(data_order_seed, e) and the augmentation of step s from (augmentation_seed, s).
+A run resumed from a checkpoint therefore draws exactly what an uninterrupted run
+draws, and its weights end identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from open_lth import paths
+from open_lth.data import DeviceData, derive_seed
+from open_lth.errors import TrainingDiverged
+from open_lth.hparams import TrainingHparams
+from open_lth.metrics import MetricLogger
+from open_lth.model_base import Model
+from open_lth.schedule import build_optimizer, lr_schedule
+from open_lth.step import Step
+from open_lth.store import atomic_torch_save, torch_load
+
+Mask = dict[str, torch.Tensor]
+
+
+@dataclass
+class TrainOptions:
+    """How a run is watched, not what it computes: these never enter the run name."""
+
+    eval_every: str | None = None  # default: once per epoch
+    checkpoint_every: str | None = None  # default: once per epoch
+    quiet: bool = False
+
+
+@dataclass
+class Seeds:
+    data_order: int
+    augmentation: int
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; a checkpoint was saved first."""
+
+    def __init__(self, signum: int, iteration: int) -> None:
+        super().__init__(f"interrupted at iteration {iteration}; checkpoint saved")
+        self.signum = signum
+        self.iteration = iteration
+
+
+def iterations_per_epoch(train: DeviceData, batch_size: int) -> int:
+    """Whole batches only: every step sees `batch_size` examples."""
+    return max(1, len(train) // batch_size)
+
+
+def evaluate(
+    model: torch.nn.Module, data: DeviceData, batch_size: int = 1000, bf16: bool = False
+) -> tuple[float, float]:
+    """Mean loss and accuracy over a split, in eval mode, with one sync at the end."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=data.device, dtype=torch.float64)
+    correct = torch.zeros((), device=data.device, dtype=torch.int64)
+    with torch.inference_mode(), _autocast(data.device, bf16):
+        for start in range(0, len(data), batch_size):
+            x, y = data.batch(
+                torch.arange(start, min(start + batch_size, len(data)), device=data.device)
+            )
+            out = model(_layout(model, x))
+            loss_sum += torch.nn.functional.cross_entropy(out.float(), y, reduction="sum").double()
+            correct += (out.argmax(dim=1) == y).sum()
+    model.train(was_training)
+    return loss_sum.item() / len(data), correct.item() / len(data)
+
+
+def apply_mask(model: torch.nn.Module, mask: Mask | None) -> None:
+    """Zero the pruned weights in place."""
+    if mask:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, keep in mask.items():
+                params[name].mul_(keep.to(params[name].device, params[name].dtype))
+
+
+def train(
+    model: Model,
+    hparams: TrainingHparams,
+    train_data: DeviceData,
+    test_data: DeviceData,
+    batch_size: int,
+    out: Path,
+    seeds: Seeds,
+    options: TrainOptions,
+    mask: Mask | None = None,
+    start_iteration: int = 0,
+    save_iterations: tuple[int, ...] = (),
+) -> None:
+    """Train `model` (already on the device, with its starting weights) to the end of
+    `hparams.training_steps`, writing metrics, weights and checkpoints into `out`.
+
+    Resumes from `out/checkpoint.pt` when there is one. `start_iteration` > 0 continues
+    the schedule from there (rewinding); `save_iterations` are extra weights to keep.
+    """
+    device = train_data.device
+    ipe = iterations_per_epoch(train_data, batch_size)
+    end = Step.from_str(hparams.training_steps, ipe).iteration
+    eval_every = _every(options.eval_every, ipe, "--eval_every")
+    checkpoint_every = _every(options.checkpoint_every, ipe, "--checkpoint_every")
+    lr_at = lr_schedule(hparams, ipe)
+
+    base_model = model
+    if device.type == "cuda" and getattr(model, "is_convolutional", False):
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(hparams, list(model.parameters()))
+    masked = _mask_pairs(model, mask)
+    apply_mask(model, mask)
+    step_model = torch.compile(model) if hparams.compile else model
+
+    logger = MetricLogger(paths.metrics(out))
+    state = _State(device)
+    checkpoint_path = paths.checkpoint(out)
+    resumed_at = None
+    if checkpoint_path.exists():
+        ckpt = torch_load(checkpoint_path, device)
+        base_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state.load(ckpt)
+        torch.set_rng_state(ckpt["rng_cpu"].cpu())
+        resumed_at = state.iteration
+        logger.keep_until(resumed_at)
+    else:
+        state.iteration = start_iteration
+        atomic_torch_save(paths.weights(out, start_iteration), base_model.state_dict())
+        logger.keep_until(start_iteration - 1)
+
+    def save_checkpoint() -> None:
+        _check_finite(state, checkpoint_path)
+        atomic_torch_save(
+            checkpoint_path,
+            {
+                "model": base_model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                **state.dump(),
+            },
+        )
+
+    generator = torch.Generator(device) if train_data.augmentation else None
+    order, order_epoch = None, -1
+    bar = tqdm(
+        total=end,
+        initial=state.iteration,
+        disable=options.quiet or not sys.stderr.isatty(),
+        unit="it",
+        dynamic_ncols=True,
+    )
+    tick = time.perf_counter()
+    model.train()
+    with _signals_to_flag() as stop, bar:
+        while True:
+            it = state.iteration
+            # A checkpoint at `it` is written after the evaluation at `it`, so a resumed
+            # run has that evaluation already.
+            if (it == end or it % eval_every == 0 or it == start_iteration) and it != resumed_at:
+                state.wall += time.perf_counter() - tick
+                _check_finite(state, checkpoint_path)
+                _log_eval(step_model, test_data, hparams, state, logger, lr_at(min(it, end - 1)))
+                bar.set_postfix(loss=state.last_train_loss, test_acc=state.last_test_acc)
+                tick = time.perf_counter()
+            if it in save_iterations and it != start_iteration:
+                atomic_torch_save(paths.weights(out, it), base_model.state_dict())
+            if it == end:
+                break
+            if stop.signum is not None or (it % checkpoint_every == 0 and it != resumed_at):
+                state.wall += time.perf_counter() - tick
+                tick = time.perf_counter()
+                save_checkpoint()
+                if stop.signum is not None:
+                    raise Interrupted(stop.signum, it)
+
+            epoch = it // ipe
+            if epoch != order_epoch:
+                order, order_epoch = train_data.order(seeds.data_order, epoch), epoch
+            index = order[(it % ipe) * batch_size : (it % ipe + 1) * batch_size]
+            if generator is not None:
+                generator.manual_seed(derive_seed("augment", seeds.augmentation, it))
+            x, y = train_data.batch(index, generator)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(it)
+            with _autocast(device, hparams.bf16):
+                output = step_model(_layout(model, x))
+                loss = torch.nn.functional.cross_entropy(output.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if masked:
+                # Pruned weights get no gradient, so no momentum or Adam state builds up
+                # and they stay exactly zero through the optimizer step.
+                torch._foreach_mul_([p.grad for p, _ in masked], [m for _, m in masked])
+            optimizer.step()
+            state.add(loss.detach(), (output.detach().argmax(1) == y).sum(), len(y))
+            state.iteration = it + 1
+            if device.type == "cpu" or state.iteration % 100 == 0:
+                _check_finite(state, checkpoint_path)
+            bar.update(1)
+
+    atomic_torch_save(paths.weights(out, end), base_model.state_dict())
+    checkpoint_path.unlink(missing_ok=True)
+
+
+class _State:
+    """What the loop carries between steps, all of it in the checkpoint."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.iteration = 0
+        self.wall = 0.0
+        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        self.correct = torch.zeros((), device=device, dtype=torch.int64)
+        self.seen = 0
+        self.steps = 0
+        self.last_train_loss: float | None = None
+        self.last_test_acc: float | None = None
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, examples: int) -> None:
+        self.loss_sum += loss.double()
+        self.correct += correct
+        self.steps += 1
+        self.seen += examples
+
+    def dump(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "wall_seconds": self.wall,
+            "loss_sum": self.loss_sum,
+            "correct": self.correct,
+            "seen": self.seen,
+            "steps": self.steps,
+        }
+
+    def load(self, ckpt: dict) -> None:
+        self.iteration = int(ckpt["iteration"])
+        self.wall = float(ckpt["wall_seconds"])
+        self.loss_sum.copy_(ckpt["loss_sum"])
+        self.correct.copy_(ckpt["correct"])
+        self.seen = int(ckpt["seen"])
+        self.steps = int(ckpt["steps"])
+
+
+def _log_eval(
+    model: torch.nn.Module,
+    test_data: DeviceData,
+    hparams: TrainingHparams,
+    state: _State,
+    logger: MetricLogger,
+    lr: float,
+) -> None:
+    it = state.iteration
+    if state.steps:
+        # Means over the steps since the last evaluation, on augmented batches.
+        state.last_train_loss = state.loss_sum.item() / state.steps
+        logger.log(it, "train_loss", state.last_train_loss)
+        logger.log(it, "train_accuracy", state.correct.item() / state.seen)
+        state.loss_sum.zero_()
+        state.correct.zero_()
+        state.steps = state.seen = 0
+    test_loss, test_acc = evaluate(model, test_data, bf16=hparams.bf16)
+    state.last_test_acc = test_acc
+    logger.log(it, "test_loss", test_loss)
+    logger.log(it, "test_accuracy", test_acc)
+    logger.log(it, "learning_rate", lr)
+    logger.log(it, "wall_seconds", state.wall)
+    logger.flush()
+
+
+def _check_finite(state: _State, checkpoint_path: Path) -> None:
+    if not torch.isfinite(state.loss_sum):
+        kept = "the last checkpoint is kept" if checkpoint_path.exists() else "no checkpoint"
+        raise TrainingDiverged(
+            f"the training loss became NaN or infinite by iteration {state.iteration} "
+            f"({kept}); lower --lr or check the data"
+        )
+
+
+def _every(text: str | None, ipe: int, flag: str) -> int:
+    return max(1, Step.from_str(text, ipe, flag).iteration) if text else ipe
+
+
+def _mask_pairs(
+    model: torch.nn.Module, mask: Mask | None
+) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    if not mask:
+        return []
+    params = dict(model.named_parameters())
+    return [(params[n], m.to(params[n].device, params[n].dtype)) for n, m in mask.items()]
+
+
+def _layout(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if x.is_cuda and getattr(model, "is_convolutional", False):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class _StopFlag:
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def _signals_to_flag() -> Iterator[_StopFlag]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks, so it can checkpoint first."""
+    flag = _StopFlag()
+
+    def handler(signum: int, frame: object) -> None:
+        flag.signum = signum
+
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

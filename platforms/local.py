@@ -1,0 +1,13 @@
+"""A laptop or a workstation: runs under ~/open_lth_data (or $OPEN_LTH_ROOT)."""
+
+from pathlib import Path
+
+from open_lth import registries
+from open_lth.platform_base import Platform, env_root
+
+
+@registries.platforms.register("local")
+class LocalPlatform(Platform):
+    @staticmethod
+    def default_root() -> Path:
+        return env_root(Path.home() / "open_lth_data")

@@ -1,0 +1,1 @@
+"""Masks and pruning strategies (magnitude, fisher, random, gem_miner)."""
