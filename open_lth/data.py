@@ -57,9 +57,11 @@ class DeviceData:
         self.augmentation = augmentation
         self.pad = pad
         shape = (1, len(mean), 1, 1)
-        # Folding /255 into the mean and std makes normalization one fused op.
-        self._mean = torch.tensor(mean, device=device).view(shape) * 255
-        self._std = torch.tensor(std, device=device).view(shape) * 255
+        # (x/255 - mean)/std = x·scale + shift: one fused multiply-add per batch.
+        self._scale = 1 / (torch.tensor(std, device=device).view(shape) * 255)
+        self._shift = -torch.tensor(mean, device=device).view(shape) / torch.tensor(
+            std, device=device
+        ).view(shape)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -72,7 +74,7 @@ class DeviceData:
         x = self.images[index]
         if generator is not None and self.augmentation == "crop_flip":
             x = crop_flip(x, self.pad, generator)
-        return (x.float() - self._mean) / self._std, self.labels[index]
+        return torch.addcmul(self._shift, x.float(), self._scale), self.labels[index]
 
     def order(self, seed: int, epoch: int) -> torch.Tensor:
         """The seeded permutation of the examples for one epoch (on the device)."""

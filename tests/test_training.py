@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import DATA, REPO, lenet_args
 
+from conftest import DATA, REPO, lenet_args
 from open_lth import paths
 from open_lth.store import RunLock
 
