@@ -238,3 +238,19 @@ def to_flags(hparams: Hparams) -> list[str]:
         elif value is not None:
             flags.append(f"--{f.name}={value}")
     return flags
+
+
+@dataclass
+class LotteryHparams(Hparams):
+    rewinding_steps: str | None = hp(
+        None, "rewind the survivors to their values at this step of the dense run (e.g. 2000it)"
+    )
+    reinitialize: bool = hp(False, "re-initialize the survivors randomly at every level")
+
+    _name: ClassVar[str] = "Lottery Hyperparameters"
+    _description: ClassVar[str] = "Where the surviving weights start at each level."
+    _step_fields: ClassVar[tuple[str, ...]] = ("rewinding_steps",)
+
+    def validate(self) -> None:
+        if self.reinitialize and self.rewinding_steps:
+            raise UserError("--reinitialize and --rewinding_steps exclude each other; pick one")

@@ -18,4 +18,5 @@ def load_plugins() -> None:
     import datasets as _datasets  # noqa: F401
     import models as _models  # noqa: F401
     import platforms as _platforms  # noqa: F401
-    from open_lth import runner_train  # noqa: F401
+    import pruning as _pruning  # noqa: F401
+    from open_lth import runner_lottery, runner_train  # noqa: F401

@@ -81,6 +81,7 @@ def run_stage(
     mask: Mask | None = None,
     start_iteration: int = 0,
     save_iterations: tuple[int, ...] = (),
+    start_metrics: dict[str, float] | None = None,
 ) -> dict:
     """Train into `out` (resuming if it was interrupted) and write summary.json."""
     out.mkdir(parents=True, exist_ok=True)
@@ -97,6 +98,7 @@ def run_stage(
         mask=mask,
         start_iteration=start_iteration,
         save_iterations=save_iterations,
+        start_metrics=start_metrics,
     )
     summary = summarize(out)
     atomic_write_json(summary_path(out), summary)
@@ -108,7 +110,9 @@ def summarize(out: Path) -> dict:
     accuracy = [(it, v) for it, name, v in rows if name == "test_accuracy"]
     loss = [v for _, name, v in rows if name == "test_loss"]
     wall = [v for _, name, v in rows if name == "wall_seconds"]
+    extra = {name: v for _, name, v in rows if name.startswith("supermask_")}
     return {
+        **extra,
         "end_iteration": accuracy[-1][0],
         "final_test_accuracy": accuracy[-1][1],
         "best_test_accuracy": max(v for _, v in accuracy),

@@ -102,12 +102,14 @@ def train(
     mask: Mask | None = None,
     start_iteration: int = 0,
     save_iterations: tuple[int, ...] = (),
+    start_metrics: dict[str, float] | None = None,
 ) -> None:
     """Train `model` (already on the device, with its starting weights) to the end of
     `hparams.training_steps`, writing metrics, weights and checkpoints into `out`.
 
     Resumes from `out/checkpoint.pt` when there is one. `start_iteration` > 0 continues
-    the schedule from there (rewinding); `save_iterations` are extra weights to keep.
+    the schedule from there (rewinding); `save_iterations` are extra weights to keep;
+    `start_metrics` are logged with the first evaluation (e.g. a supermask accuracy).
     """
     device = train_data.device
     ipe = iterations_per_epoch(train_data, batch_size)
@@ -115,6 +117,9 @@ def train(
     eval_every = _every(options.eval_every, ipe, "--eval_every")
     checkpoint_every = _every(options.checkpoint_every, ipe, "--checkpoint_every")
     lr_at = lr_schedule(hparams, ipe)
+    checkpoint_path = paths.checkpoint(out)
+    if paths.weights(out, end).exists() and not checkpoint_path.exists():
+        return  # finished; killed before the caller wrote its summary
 
     base_model = model
     if device.type == "cuda" and getattr(model, "is_convolutional", False):
@@ -126,7 +131,6 @@ def train(
 
     logger = MetricLogger(paths.metrics(out))
     state = _State(device)
-    checkpoint_path = paths.checkpoint(out)
     resumed_at = None
     if checkpoint_path.exists():
         ckpt = torch_load(checkpoint_path, device)
@@ -140,6 +144,8 @@ def train(
         state.iteration = start_iteration
         atomic_torch_save(paths.weights(out, start_iteration), base_model.state_dict())
         logger.keep_until(start_iteration - 1)
+        for name, value in (start_metrics or {}).items():
+            logger.log(start_iteration, name, value)
 
     def save_checkpoint() -> None:
         _check_finite(state, checkpoint_path)

@@ -1,0 +1,112 @@
+"""The levels of a lottery run: where each level lives, its mask, and where its
+surviving weights start. The lottery runner and the branches share these.
+
+<root>/lottery_<hash>/replicate_<r>/level_<L>/main/
+    mask.pt                 the level's mask (level 0: all ones)
+    sparsity_report.json    kept counts and fractions, total and per layer
+    weights_it<k>.pt        the starting weights (k = 0, or the rewinding step)
+    weights_it<end>.pt      the trained weights; with level L+1's mask they give the
+                            magnitudes of what level L+1 pruned
+    metrics.csv, summary.json, hparams.json/txt   as for `train`, plus the supermask
+                            accuracy (the masked, untrained network) at the first step
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from open_lth import masks, paths, registries
+from open_lth.data import derive_seed
+from open_lth.errors import UserError
+from open_lth.lottery_desc import LotteryDesc
+from open_lth.model_base import Model, build_model
+from open_lth.stage import Data, load_weights
+from open_lth.store import atomic_write_json
+from open_lth.strategy_base import Mask, PruneContext
+
+
+def level_dir(replicate_dir: Path, level: int) -> Path:
+    return Path(replicate_dir) / f"level_{level}" / "main"
+
+
+@dataclass
+class Levels:
+    """One replicate of a lottery run, with its data loaded."""
+
+    desc: LotteryDesc
+    replicate: int
+    replicate_dir: Path
+    data: Data
+
+    @property
+    def end(self) -> int:
+        return self.data.step(self.desc.training.training_steps, "--training_steps")
+
+    @property
+    def rewind(self) -> int:
+        steps = self.desc.lottery.rewinding_steps
+        return self.data.step(steps, "--rewinding_steps") if steps else 0
+
+    @property
+    def ignored(self) -> list[str]:
+        text = self.desc.pruning.pruning_layers_to_ignore
+        return [n.strip() for n in text.split(",") if n.strip()] if text else []
+
+    def new_model(self, seed: int | None = None) -> Model:
+        seed = self.replicate if seed is None else seed
+        return build_model(self.desc.model, self.data.num_classes, seed=seed)
+
+    def check(self, model: Model) -> None:
+        """Bad values that need the model or the data; raised before anything is written."""
+        unknown = [n for n in self.ignored if n not in model.prunable_layer_names]
+        if unknown:
+            raise UserError(
+                f"--pruning_layers_to_ignore: {', '.join(unknown)} is not a prunable weight of "
+                f"{self.desc.model.model_name}; prunable: {', '.join(model.prunable_layer_names)}"
+            )
+        if self.rewind >= self.end:
+            raise UserError(
+                f"--rewinding_steps {self.desc.lottery.rewinding_steps} is not before the end "
+                f"of training ({self.desc.training.training_steps} = {self.end}it)"
+            )
+
+    def mask(self, level: int) -> Mask:
+        """The level's mask, made (and saved with its report) the first time it is asked
+        for: pruning the previous level's trained weights with the strategy."""
+        path = paths.mask(level_dir(self.replicate_dir, level))
+        if path.exists():
+            return masks.load(path)
+        if level == 0:
+            mask = masks.dense(self.new_model())
+        else:
+            previous = level_dir(self.replicate_dir, level - 1)
+            trained = self.new_model()
+            load_weights(trained, paths.weights(previous, self.end))
+            trained.to(self.data.train.device)
+            p = self.desc.pruning
+            ctx = PruneContext(
+                model=trained,
+                mask=masks.load(paths.mask(previous)),
+                train_data=self.data.train,
+                pruning=p,
+                seed=derive_seed("prune", self.replicate, level),
+                level=level,
+            )
+            strategy = registries.strategies.get(p.pruning_strategy)(self.desc.strategy)
+            mask = strategy.prune(ctx, self.ignored)
+        masks.save(mask, path)
+        report = masks.report(mask, self.ignored)
+        atomic_write_json(path.parent / "sparsity_report.json", report)
+        return mask
+
+    def starting_model(self, level: int) -> tuple[Model, int]:
+        """The level's starting weights (unmasked) and the iteration training starts at:
+        the trunk's init (reset), its step-k weights (rewind), or a fresh init."""
+        if level > 0 and self.desc.lottery.reinitialize:
+            return self.new_model(seed=derive_seed("reinit", self.replicate, level)), 0
+        model = self.new_model()
+        start = self.rewind if level > 0 else 0
+        if level > 0:
+            load_weights(model, paths.weights(level_dir(self.replicate_dir, 0), start))
+        return model, start

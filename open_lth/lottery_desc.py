@@ -1,0 +1,92 @@
+"""The description of a lottery (IMP) run: the training groups, the pruning and
+lottery groups, and the chosen strategy's own hparams.
+
+Every registered strategy's flags are on the command line (so `--help` shows them
+all); the flags of a strategy that was not chosen must keep their defaults. The
+strategy's group enters the run name only when it differs from its defaults, so a
+strategy that gains its first hparam renames no existing run."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from open_lth import registries
+from open_lth.desc import Desc
+from open_lth.errors import UserError
+from open_lth.hparams import (
+    DatasetHparams,
+    DefaultHparams,
+    Hparams,
+    LotteryHparams,
+    ModelHparams,
+    PruningHparams,
+    TrainingHparams,
+)
+
+
+@dataclass
+class LotteryDesc(Desc):
+    dataset: DatasetHparams
+    model: ModelHparams
+    training: TrainingHparams
+    pruning: PruningHparams
+    lottery: LotteryHparams
+    strategy: Hparams | None = None
+
+    prefix: ClassVar[str] = "lottery"
+
+    @classmethod
+    def group_types(cls) -> dict[str, type[Hparams]]:
+        return {n: t for n, t in super().group_types().items() if n != "strategy"}
+
+    def groups(self) -> list[Hparams]:
+        groups = [getattr(self, name) for name in self.group_types()]
+        if self.strategy is not None and self.strategy.non_default():
+            groups.append(self.strategy)
+        return groups
+
+    @classmethod
+    def add_args(cls, parser: argparse.ArgumentParser, defaults: DefaultHparams | None) -> None:
+        for name, group_type in cls.group_types().items():
+            group_type.add_args(parser, defaults=getattr(defaults, name, None))
+        for name in registries.strategies.names():
+            strategy_hparams = registries.strategies.get(name).hparams_type
+            if strategy_hparams is not None:
+                strategy_hparams.add_args(parser)
+
+    @classmethod
+    def create_from_args(cls, args: argparse.Namespace) -> LotteryDesc:
+        desc = super().create_from_args(args)
+        chosen = desc.pruning.pruning_strategy
+        strategy = registries.strategies.get(chosen)
+        for name in registries.strategies.names():
+            other = registries.strategies.get(name).hparams_type
+            if name == chosen or other is None:
+                continue
+            changed = other.create_from_args(args).non_default()
+            if changed:
+                flags = ", ".join(f"--{f}" for f in changed)
+                raise UserError(f"{flags} applies to --pruning_strategy={name}, not {chosen}")
+        if strategy.hparams_type is not None:
+            desc.strategy = strategy.hparams_type.create_from_args(args)
+        return desc
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        values = {name: getattr(self, name).to_dict() for name in self.group_types()}
+        if self.strategy is not None:
+            values["strategy"] = self.strategy.to_dict()
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, dict[str, Any]]) -> LotteryDesc:
+        desc = cls(**{n: t.from_dict(values[n]) for n, t in cls.group_types().items()})
+        strategy = registries.strategies.get(desc.pruning.pruning_strategy).hparams_type
+        if strategy is not None:
+            desc.strategy = strategy.from_dict(values.get("strategy", {}))
+        return desc
+
+    def display(self) -> str:
+        shown = [getattr(self, name) for name in self.group_types()]
+        return "\n".join(g.display() for g in shown + ([self.strategy] if self.strategy else []))

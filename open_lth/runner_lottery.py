@@ -1,0 +1,131 @@
+"""`main.py lottery`: iterative pruning. Per level L = 0..levels: prune level L-1's
+trained weights into a mask (level 0: dense), set the starting weights (reset,
+rewind or re-initialize), evaluate the untrained masked network (the supermask),
+train, save. Every stage is skipped when done and resumes when interrupted, and
+`--levels` may be raised later on the same run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from open_lth import registries, stage
+from open_lth.errors import UserError
+from open_lth.hparams import DefaultHparams
+from open_lth.job import Job, add_job_args, create_job
+from open_lth.lottery import Levels, level_dir
+from open_lth.lottery_desc import LotteryDesc
+from open_lth.runner_base import Runner
+from open_lth.store import RunLock
+from open_lth.trainer import apply_mask, evaluate
+
+
+@registries.subcommands.register("lottery")
+class LotteryRunner(Runner):
+    description = "Iterative pruning (IMP): train, prune, reset or rewind, repeat."
+
+    def __init__(self, desc: LotteryDesc, job: Job, levels: int, summary: bool) -> None:
+        self.desc = desc
+        self.job = job
+        self.levels = levels
+        self.summary = summary
+
+    @staticmethod
+    def add_args(parser: argparse.ArgumentParser, defaults: DefaultHparams | None) -> None:
+        add_job_args(parser)
+        group = parser.add_argument_group("Lottery job")
+        group.add_argument(
+            "--levels", type=int, default=0, help="prune this many times (default 0)"
+        )
+        group.add_argument("--summary", action="store_true", help="print the run's table and exit")
+        LotteryDesc.add_args(parser, defaults)
+
+    @classmethod
+    def create_from_args(cls, args: argparse.Namespace) -> LotteryRunner:
+        desc = LotteryDesc.create_from_args(args)
+        check_names(desc)
+        if args.levels < 0:
+            raise UserError(f"--levels must be a non-negative integer, got {args.levels}")
+        return cls(desc, create_job(args), args.levels, args.summary)
+
+    @property
+    def output_location(self) -> Path:
+        return self.job.platform.root / self.desc.hashname / f"replicate_{self.job.replicate}"
+
+    def run(self) -> None:
+        out = self.output_location
+        if self.summary:
+            print(summary_table(out))
+            return
+        if all(stage.is_done(level_dir(out, L)) for L in range(self.levels + 1)):
+            print(f"already finished; results in {out}")
+            print(summary_table(out))
+            return
+        levels = Levels(
+            self.desc, self.job.replicate, out, stage.load_data(self.desc.dataset, self.job)
+        )
+        stage.check_training_steps(self.desc.training, levels.data)
+        levels.check(levels.new_model())
+        if not self.job.options.quiet:
+            print(self.desc.display())
+            print(f"Output location: {out}")
+        with RunLock(out):
+            for level in range(self.levels + 1):
+                self.run_level(levels, level)
+        print(summary_table(out))
+
+    def run_level(self, levels: Levels, level: int) -> None:
+        out = level_dir(levels.replicate_dir, level)
+        if stage.is_done(out):
+            return
+        device = self.job.platform.device
+        mask = levels.mask(level)
+        model, start = levels.starting_model(level)
+        model.to(device)
+        apply_mask(model, mask)
+        _, supermask = evaluate(model, levels.data.test, bf16=self.desc.training.bf16)
+        self.desc.save(out)
+        seeds = stage.default_seeds(self.desc.training, self.job.replicate)
+        rewind = levels.rewind
+        stage.run_stage(
+            out,
+            model,
+            self.desc.training,
+            levels.data,
+            seeds,
+            self.job,
+            mask=mask,
+            start_iteration=start,
+            save_iterations=(rewind,) if level == 0 and rewind else (),
+            start_metrics={"supermask_test_accuracy": supermask},
+        )
+        if not self.job.options.quiet:
+            done = stage.read_summary(out)
+            print(f"level {level}: test accuracy {done['final_test_accuracy']:.4f}")
+
+
+def check_names(desc: LotteryDesc) -> None:
+    registries.models.get(desc.model.model_name)
+    registries.datasets.get(desc.dataset.dataset_name)
+    registries.initializers.get(desc.model.model_init)
+
+
+def summary_table(replicate_dir: Path) -> str:
+    """Level, % of weights remaining, best and final test accuracy, supermask accuracy."""
+    lines = [f"{'level':>5} {'remaining %':>12} {'best acc':>9} {'final acc':>9} {'supermask':>9}"]
+    level = 0
+    while (level_dir(replicate_dir, level) / "sparsity_report.json").exists():
+        out = level_dir(replicate_dir, level)
+        density = json.loads((out / "sparsity_report.json").read_text())["density"]
+        if stage.is_done(out):
+            s = stage.read_summary(out)
+            accs = [s["best_test_accuracy"], s["final_test_accuracy"], s["supermask_test_accuracy"]]
+            cells = " ".join(f"{a:>9.4f}" for a in accs)
+        else:
+            cells = f"{'(not finished)':>29}"
+        lines.append(f"{level:>5} {100 * density:>12.2f} {cells}")
+        level += 1
+    if level == 0:
+        return f"no levels yet in {replicate_dir}"
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""The base class of pruning strategies, and what a strategy gets to see."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from open_lth.data import DeviceData
+from open_lth.hparams import Hparams, PruningHparams
+from open_lth.model_base import Model
+
+Mask = dict[str, torch.Tensor]  # prunable weight name -> bool tensor, True = kept
+
+
+@dataclass
+class PruneContext:
+    """Everything a strategy may use to choose level L's mask."""
+
+    model: Model  # level L-1's trained weights, on the device, with its mask applied
+    mask: Mask  # level L-1's mask (all ones at level 0); pruned weights stay pruned
+    train_data: DeviceData  # the run's training set; `batch(index)` gives it unaugmented
+    pruning: PruningHparams
+    seed: int  # derived from the replicate and the level
+    level: int  # the level being created (>= 1)
+
+
+class Strategy(abc.ABC):
+    """A registered strategy (`@registries.strategies.register("magnitude")`).
+
+    Most strategies only score weights and subclass `pruning.base.ScoreStrategy`,
+    which removes `pruning_fraction` of the survivors by score. A strategy that finds
+    its mask in its own way (Gem-Miner) implements `prune` directly.
+    """
+
+    # The strategy's own hparams (flags prefixed by its name), or None.
+    hparams_type: ClassVar[type[Hparams] | None] = None
+    description: ClassVar[str] = ""
+
+    def __init__(self, hparams: Hparams | None = None) -> None:
+        self.hparams = hparams
+
+    @abc.abstractmethod
+    def prune(self, ctx: PruneContext, ignore: list[str]) -> Mask:
+        """Level L's mask: a subset of `ctx.mask` that keeps every weight in `ignore`."""

@@ -1,0 +1,52 @@
+"""The shared selector: remove exactly ⌈fraction × remaining⌉ of the surviving weights
+with the lowest scores, globally (one threshold across layers) or layer by layer."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import torch
+
+from open_lth.strategy_base import Mask
+
+
+def count_to_prune(fraction: float, remaining: int) -> int:
+    """⌈fraction × remaining⌉ computed exactly: 0.2 × 266200 is 53240, not 53240.000001."""
+    return math.ceil(Fraction(repr(fraction)) * remaining)
+
+
+def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k lowest scores; ties go to the lower index (a stable sort), so
+    the same scores always give the same mask."""
+    return torch.sort(scores, stable=True).indices[:k]
+
+
+def select(
+    scores: dict[str, torch.Tensor], mask: Mask, fraction: float, scope: str, ignore: list[str]
+) -> Mask:
+    """Level L's mask from level L-1's: never revives a pruned weight, never touches
+    a layer in `ignore`."""
+    names = [n for n in mask if n not in ignore]
+    new = {n: m.clone() for n, m in mask.items()}
+    if scope == "layerwise":
+        groups = [[n] for n in names]
+    else:
+        groups = [names]
+    for group in groups:
+        # The surviving weights' scores, flattened in a fixed layer order.
+        alive = [mask[n].reshape(-1).nonzero().squeeze(1) for n in group]
+        values = torch.cat(
+            [
+                scores[n].reshape(-1)[a].to(torch.float64).cpu()
+                for n, a in zip(group, alive, strict=True)
+            ]
+        )
+        k = count_to_prune(fraction, len(values))
+        chosen = _lowest(values, k)
+        offsets = torch.tensor([0] + [len(a) for a in alive]).cumsum(0)
+        for i, n in enumerate(group):
+            here = chosen[(chosen >= offsets[i]) & (chosen < offsets[i + 1])] - offsets[i]
+            flat = new[n].view(-1)
+            flat[alive[i][here.to(alive[i].device)]] = False
+    return new
