@@ -7,8 +7,8 @@ from open_lth.registry import FamilyRegistry, Registry
 models = FamilyRegistry("model", examples=lambda family: list(family.name_examples))
 datasets = Registry("dataset")
 initializers = Registry("initializer")
-strategies = Registry("pruning strategy")
-branches = Registry("branch")
+strategies = Registry("pruning strategy", "pruning strategies")
+branches = Registry("branch", "branches")
 platforms = Registry("platform")
 subcommands = Registry("subcommand")
 

@@ -12,8 +12,9 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plural: str | None = None) -> None:
         self.kind = kind
+        self.plural = plural or f"{kind}s"
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -33,7 +34,7 @@ class Registry(Generic[T]):
 
     def unknown(self, name: str) -> UserError:
         known = ", ".join(self.names()) or "(none registered)"
-        return UserError(f"unknown {self.kind} '{name}'; known {self.kind}s: {known}")
+        return UserError(f"unknown {self.kind} '{name}'; known {self.plural}: {known}")
 
     def get(self, name: str) -> T:
         if name not in self._entries:

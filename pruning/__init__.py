@@ -1,1 +1,4 @@
-"""Masks and pruning strategies (magnitude, fisher, random, gem_miner)."""
+"""Pruning strategies and the shared selector. Each strategy registers itself in
+`open_lth.registries.strategies` where it is defined."""
+
+from pruning import fisher, magnitude, random  # noqa: F401

@@ -48,7 +48,7 @@ def test_bad_flag(cli, tmp_path: Path, flags: list[str], expected: str) -> None:
 
 def test_unknown_subcommand(cli) -> None:
     code, _, err = cli("trian")
-    assert code == 2 and "unknown subcommand 'trian'; known subcommands: train" in err
+    assert code == 2 and "unknown subcommand 'trian'; known subcommands: lottery, train" in err
 
 
 def copy_mnist(target: Path) -> Path:

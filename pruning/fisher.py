@@ -1,0 +1,186 @@
+"""Fisher pruning (Theis et al. 2018; the study's section 2): score_k = ½·w_k²·F̂_kk, with
+F̂_kk = (1/N)·Σₙ g_nk² the empirical Fisher diagonal from per-example gradients g_n of the
+cross-entropy at the true label.
+
+The per-example squares are computed batched, never one backward per example: with the
+loss summed over a batch (and BatchNorm in eval mode, so examples do not interact), row n
+of a layer's output gradient δ is example n's own, and its weight gradient is δ_n a_nᵀ
+for the layer input a_n. For a Linear layer Σₙ (δ_n a_nᵀ)² = (δ²)ᵀ(a²), one matmul.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from open_lth import registries
+from open_lth.data import DeviceData
+from open_lth.errors import UserError
+from open_lth.hparams import Hparams, hp
+from open_lth.strategy_base import PruneContext
+from pruning.base import ScoreStrategy
+
+# Bytes that the per-example tensors of one conv layer (unfolded inputs and gradients) may
+# take at once; the batch is split into chunks that fit.
+MEMORY_BUDGET = 256 * 2**20
+
+
+@dataclass
+class FisherHparams(Hparams):
+    fisher_examples: int | None = hp(
+        None, "training examples used for the empirical Fisher (default: the whole training set)"
+    )
+
+    _name: ClassVar[str] = "Fisher Pruning Hyperparameters"
+    _description: ClassVar[str] = "How the empirical Fisher diagonal is estimated."
+
+    def validate(self) -> None:
+        n = self.fisher_examples
+        if n is not None and n <= 0:
+            raise UserError(f"--fisher_examples must be a positive integer, got {n}")
+
+
+def _check_supported(name: str, layer: nn.Module) -> None:
+    if isinstance(layer, nn.Conv2d):
+        if layer.groups != 1:
+            raise ValueError(f"fisher: {name} has groups={layer.groups}; only 1 is supported")
+        if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
+            raise ValueError(f"fisher: {name} needs integer zero padding for unfold")
+
+
+def _chunked_squares(delta: torch.Tensor, cols: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Σₙ (δ_n cols_nᵀ)² for δ (B, out, L) and cols (B, K, L): (out, K)."""
+    total = None
+    for start in range(0, len(delta), chunk):
+        g = torch.bmm(delta[start : start + chunk], cols[start : start + chunk].transpose(1, 2))
+        part = g.square_().sum(0)
+        total = part if total is None else total.add_(part)
+    return total
+
+
+def _conv_squares(conv: nn.Conv2d, a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    b, c_out = delta.shape[:2]
+    delta = delta.reshape(b, c_out, -1)
+    k = conv.weight[0].numel()
+    locations = delta.shape[2]
+    # Per example: the unfolded input (k·L) and its gradient (c_out·k).
+    per_example = a.element_size() * k * (locations + c_out)
+    chunk = max(1, MEMORY_BUDGET // per_example)
+    total = torch.zeros(c_out, k, dtype=a.dtype, device=a.device)
+    for start in range(0, b, chunk):
+        # Unfold chunk by chunk: the whole batch unfolded is k·L floats per example.
+        cols = F.unfold(
+            a[start : start + chunk],
+            conv.kernel_size,
+            dilation=conv.dilation,
+            padding=conv.padding,
+            stride=conv.stride,
+        )
+        total += _chunked_squares(delta[start : start + chunk], cols, chunk)
+    return total.view_as(conv.weight)
+
+
+def _linear_squares(a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    if a.dim() == 2:
+        return delta.square().T @ a.square()
+    # Extra dimensions (B, ..., in): example n's gradient sums over them, so square
+    # the per-example products instead.
+    b = len(a)
+    a = a.reshape(b, -1, a.shape[-1]).transpose(1, 2)
+    delta = delta.reshape(b, -1, delta.shape[-1]).transpose(1, 2)
+    per_example = a.element_size() * delta.shape[1] * a.shape[1]
+    return _chunked_squares(delta, a, max(1, MEMORY_BUDGET // per_example))
+
+
+def fisher_diagonal(
+    model: nn.Module,
+    data: DeviceData,
+    index: torch.Tensor | None = None,
+    batch_size: int = 1000,
+) -> dict[str, torch.Tensor]:
+    """F̂ = (1/N)·Σₙ g_n² over the examples at `index` (default: all of `data`, unaugmented)
+    for the weight of every Conv2d and Linear layer (e.g. 'fc.weight'), in float32.
+
+    The model runs in eval mode (restored afterwards), so BatchNorm uses its running
+    statistics and each example's gradient depends on that example alone.
+    """
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    for name, layer in layers.items():
+        _check_supported(name, layer)
+    if index is None:
+        index = torch.arange(len(data), device=data.device)
+    index = index.to(data.device)
+    if len(index) == 0:
+        raise ValueError("fisher: no examples")
+    # Float64 sums across batches: N can be large and every term is positive.
+    sums = {n: torch.zeros_like(m.weight, dtype=torch.float64) for n, m in layers.items()}
+    seen: dict[str, list[tuple[torch.Tensor, torch.Tensor, int]]] = {}
+
+    def keep(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            seen.setdefault(name, []).append((inputs[0].detach(), output, output._version))
+
+        return hook
+
+    handles = [layer.register_forward_hook(keep(name)) for name, layer in layers.items()]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.enable_grad():
+            for start in range(0, len(index), batch_size):
+                x, y = data.batch(index[start : start + batch_size])
+                seen.clear()
+                loss = F.cross_entropy(model(x), y, reduction="sum")
+                names = list(seen)
+                for name in names:
+                    if len(seen[name]) != 1:
+                        raise ValueError(f"fisher: {name} runs {len(seen[name])} times per forward")
+                    _, output, version = seen[name][0]
+                    # Else autograd would differentiate the modified tensor instead.
+                    if output._version != version:
+                        raise ValueError(f"fisher: an in-place operation changes {name}'s output")
+                # Gradients of the layer outputs only: no weight gradients are formed,
+                # and the parameters' .grad is left as it was.
+                outputs = [seen[name][0][1] for name in names]
+                deltas = torch.autograd.grad(loss, outputs, allow_unused=True)
+                for name, delta in zip(names, deltas, strict=True):
+                    if delta is None:  # the layer does not reach the loss
+                        continue
+                    a = seen[name][0][0]
+                    layer = layers[name]
+                    if isinstance(layer, nn.Conv2d):
+                        squares = _conv_squares(layer, a, delta)
+                    else:
+                        squares = _linear_squares(a, delta)
+                    sums[name] += squares
+                seen.clear()  # free the batch's activations before the next forward
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return {f"{n}.weight": (s / len(index)).float() for n, s in sums.items()}
+
+
+@registries.strategies.register("fisher")
+class FisherStrategy(ScoreStrategy):
+    hparams_type = FisherHparams
+    description = "½·w²·(empirical Fisher diagonal), from per-example gradients"
+
+    def score(self, ctx: PruneContext) -> dict[str, torch.Tensor]:
+        hparams = self.hparams if self.hparams is not None else FisherHparams()
+        n, k = len(ctx.train_data), hparams.fisher_examples
+        index = None
+        if k is not None and k < n:
+            g = torch.Generator().manual_seed(ctx.seed)
+            index = torch.randperm(n, generator=g)[:k]
+        fisher = fisher_diagonal(ctx.model, ctx.train_data, index)
+        weights = dict(ctx.model.named_parameters())
+        # Pruned weights are 0 and so score 0; the selector never revives them anyway.
+        return {
+            name: 0.5 * weights[name].detach().float().square() * fisher[name] for name in ctx.mask
+        }
