@@ -38,6 +38,7 @@ class Levels:
     replicate: int
     replicate_dir: Path
     data: Data
+    quiet: bool = False
 
     @property
     def end(self) -> int:
@@ -84,6 +85,7 @@ class Levels:
             trained = self.new_model()
             load_weights(trained, paths.weights(previous, self.end))
             trained.to(self.data.train.device)
+            start_model, _ = self.starting_model(level)
             p = self.desc.pruning
             ctx = PruneContext(
                 model=trained,
@@ -92,6 +94,10 @@ class Levels:
                 pruning=p,
                 seed=derive_seed("prune", self.replicate, level),
                 level=level,
+                start_model=start_model.to(self.data.train.device),
+                batch_size=self.data.batch_size,
+                workdir=path.parent,
+                quiet=self.quiet,
             )
             strategy = registries.strategies.get(p.pruning_strategy)(self.desc.strategy)
             mask = strategy.prune(ctx, self.ignored)

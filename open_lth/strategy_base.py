@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -25,6 +26,10 @@ class PruneContext:
     pruning: PruningHparams
     seed: int  # derived from the replicate and the level
     level: int  # the level being created (>= 1)
+    start_model: Model  # the level's starting weights (unmasked), on the device
+    batch_size: int  # the run's training batch size
+    workdir: Path  # the level's directory: a strategy may keep a checkpoint here
+    quiet: bool = False  # no progress bar
 
 
 class Strategy(abc.ABC):
@@ -38,6 +43,16 @@ class Strategy(abc.ABC):
     # The strategy's own hparams (flags prefixed by its name), or None.
     hparams_type: ClassVar[type[Hparams] | None] = None
     description: ClassVar[str] = ""
+    # A one-shot strategy finds the final mask at level 1 (Gem-Miner); its lottery
+    # run has levels 0 (dense) and 1 only.
+    one_shot: ClassVar[bool] = False
+
+    @classmethod
+    def resolve(
+        cls, hparams: Hparams | None, levels: int, pruning: PruningHparams
+    ) -> Hparams | None:
+        """Fill defaults that depend on the lottery's --levels (before the run is named)."""
+        return hparams
 
     def __init__(self, hparams: Hparams | None = None) -> None:
         self.hparams = hparams

@@ -3,6 +3,8 @@ example, and the strategy around it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -94,7 +96,9 @@ def no_hooks(model: nn.Module) -> bool:
 def context(model: nn.Module, data: DeviceData, seed: int = 0) -> PruneContext:
     mask = {n: torch.ones_like(dict(model.named_parameters())[n], dtype=torch.bool)
             for n in model.prunable_layer_names}  # fmt: skip
-    return PruneContext(model, mask, data, PruningHparams("fisher"), seed, 1)
+    return PruneContext(
+        model, mask, data, PruningHparams("fisher"), seed, 1, model, 60, Path("/nonexistent")
+    )
 
 
 def test_lenet_matches_brute_force():
