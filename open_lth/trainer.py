@@ -22,10 +22,12 @@ from tqdm import tqdm
 from open_lth import paths
 from open_lth.data import DeviceData, derive_seed
 from open_lth.errors import TrainingDiverged
+from open_lth.evaluation import autocast, evaluate, evaluate_copies, layout, per_copy_loss  # noqa: F401
 from open_lth.hparams import TrainingHparams
 from open_lth.metrics import MetricLogger
 from open_lth.model_base import Model
 from open_lth.schedule import build_optimizer, lr_schedule
+from open_lth.stacked import split_output, stack, stack_state, unstack_state
 from open_lth.step import Step
 from open_lth.store import atomic_torch_save, torch_load
 
@@ -61,26 +63,6 @@ def iterations_per_epoch(train: DeviceData, batch_size: int) -> int:
     return max(1, len(train) // batch_size)
 
 
-def evaluate(
-    model: torch.nn.Module, data: DeviceData, batch_size: int = 1000, bf16: bool = False
-) -> tuple[float, float]:
-    """Mean loss and accuracy over a split, in eval mode, with one sync at the end."""
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), device=data.device, dtype=torch.float64)
-    correct = torch.zeros((), device=data.device, dtype=torch.int64)
-    with torch.inference_mode(), _autocast(data.device, bf16):
-        for start in range(0, len(data), batch_size):
-            x, y = data.batch(
-                torch.arange(start, min(start + batch_size, len(data)), device=data.device)
-            )
-            out = model(_layout(model, x))
-            loss_sum += torch.nn.functional.cross_entropy(out.float(), y, reduction="sum").double()
-            correct += (out.argmax(dim=1) == y).sum()
-    model.train(was_training)
-    return loss_sum.item() / len(data), correct.item() / len(data)
-
-
 def apply_mask(model: torch.nn.Module, mask: Mask | None) -> None:
     """Zero the pruned weights in place."""
     if mask:
@@ -111,48 +93,102 @@ def train(
     the schedule from there (rewinding); `save_iterations` are extra weights to keep;
     `start_metrics` are logged with the first evaluation (e.g. a supermask accuracy).
     """
+    train_copies(
+        [model],
+        hparams,
+        train_data,
+        test_data,
+        batch_size,
+        [Copy(out, seeds)],
+        paths.checkpoint(out),
+        options,
+        mask,
+        start_iteration,
+        save_iterations,
+        start_metrics,
+    )
+
+
+@dataclass
+class Copy:
+    """Where one copy writes, and the seeds of its SGD noise."""
+
+    out: Path
+    seeds: Seeds
+
+
+def train_copies(
+    models: list[Model],
+    hparams: TrainingHparams,
+    train_data: DeviceData,
+    test_data: DeviceData,
+    batch_size: int,
+    copies: list[Copy],
+    checkpoint_path: Path,
+    options: TrainOptions,
+    mask: Mask | None = None,
+    start_iteration: int = 0,
+    save_iterations: tuple[int, ...] = (),
+    start_metrics: dict[str, float] | None = None,
+) -> None:
+    """`train` for K copies at once, each with its own data order and augmentation:
+    for K > 1 they are stacked into one network (open_lth.stacked) and take each step
+    together. Each copy's metrics and weights go to its own folder."""
     device = train_data.device
+    k = len(models)
     ipe = iterations_per_epoch(train_data, batch_size)
     end = Step.from_str(hparams.training_steps, ipe).iteration
     eval_every = _every(options.eval_every, ipe, "--eval_every")
     checkpoint_every = _every(options.checkpoint_every, ipe, "--checkpoint_every")
     lr_at = lr_schedule(hparams, ipe)
-    checkpoint_path = paths.checkpoint(out)
-    if paths.weights(out, end).exists() and not checkpoint_path.exists():
+    if not checkpoint_path.exists() and all(paths.weights(c.out, end).exists() for c in copies):
         return  # finished; killed before the caller wrote its summary
 
-    base_model = model
-    if device.type == "cuda" and getattr(model, "is_convolutional", False):
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(hparams, list(model.parameters()))
-    masked = _mask_pairs(model, mask)
-    apply_mask(model, mask)
-    step_model = torch.compile(model) if hparams.compile else model
+    net = models[0] if k == 1 else stack(models).to(device)
+    if k > 1 and mask:
+        mask = stack_state([mask] * k, net)
 
-    logger = MetricLogger(paths.metrics(out))
-    state = _State(device)
+    def per_copy_states() -> list[dict[str, torch.Tensor]]:
+        return [net.state_dict()] if k == 1 else unstack_state(net.state_dict(), net)
+
+    def save_weights(iteration: int) -> None:
+        for c, state_dict in zip(copies, per_copy_states(), strict=True):
+            atomic_torch_save(paths.weights(c.out, iteration), state_dict)
+
+    base_net = net
+    if device.type == "cuda" and getattr(net, "is_convolutional", False):
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(hparams, list(net.parameters()))
+    masked = _mask_pairs(net, mask)
+    apply_mask(net, mask)
+    step_net = torch.compile(net) if hparams.compile else net
+
+    loggers = [MetricLogger(paths.metrics(c.out)) for c in copies]
+    state = _State(device, k)
     resumed_at = None
     if checkpoint_path.exists():
         ckpt = torch_load(checkpoint_path, device)
-        base_model.load_state_dict(ckpt["model"])
+        base_net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         state.load(ckpt)
         torch.set_rng_state(ckpt["rng_cpu"].cpu())
         resumed_at = state.iteration
-        logger.keep_until(resumed_at)
+        for logger in loggers:
+            logger.keep_until(resumed_at)
     else:
         state.iteration = start_iteration
-        atomic_torch_save(paths.weights(out, start_iteration), base_model.state_dict())
-        logger.keep_until(start_iteration - 1)
-        for name, value in (start_metrics or {}).items():
-            logger.log(start_iteration, name, value)
+        save_weights(start_iteration)
+        for logger in loggers:
+            logger.keep_until(start_iteration - 1)
+            for name, value in (start_metrics or {}).items():
+                logger.log(start_iteration, name, value)
 
     def save_checkpoint() -> None:
         _check_finite(state, checkpoint_path)
         atomic_torch_save(
             checkpoint_path,
             {
-                "model": base_model.state_dict(),
+                "model": base_net.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "rng_cpu": torch.get_rng_state(),
                 **state.dump(),
@@ -160,7 +196,8 @@ def train(
         )
 
     generator = torch.Generator(device) if train_data.augmentation else None
-    order, order_epoch = None, -1
+    orders: list[torch.Tensor] = []
+    order_epoch = -1
     bar = tqdm(
         total=end,
         initial=state.iteration,
@@ -169,7 +206,7 @@ def train(
         dynamic_ncols=True,
     )
     tick = time.perf_counter()
-    model.train()
+    net.train()
     with _signals_to_flag() as stop, bar:
         while True:
             it = state.iteration
@@ -178,11 +215,12 @@ def train(
             if (it == end or it % eval_every == 0 or it == start_iteration) and it != resumed_at:
                 state.wall += time.perf_counter() - tick
                 _check_finite(state, checkpoint_path)
-                _log_eval(step_model, test_data, hparams, state, logger, lr_at(min(it, end - 1)))
+                lr = lr_at(min(it, end - 1))
+                _log_eval(step_net, test_data, hparams, state, loggers, lr)
                 bar.set_postfix(loss=state.last_train_loss, test_acc=state.last_test_acc)
                 tick = time.perf_counter()
             if it in save_iterations and it != start_iteration:
-                atomic_torch_save(paths.weights(out, it), base_model.state_dict())
+                save_weights(it)
             if it == end:
                 break
             if stop.signum is not None or (it % checkpoint_every == 0 and it != resumed_at):
@@ -194,48 +232,56 @@ def train(
 
             epoch = it // ipe
             if epoch != order_epoch:
-                order, order_epoch = train_data.order(seeds.data_order, epoch), epoch
-            index = order[(it % ipe) * batch_size : (it % ipe + 1) * batch_size]
-            if generator is not None:
-                generator.manual_seed(derive_seed("augment", seeds.augmentation, it))
-            x, y = train_data.batch(index, generator)
+                orders = [train_data.order(c.seeds.data_order, epoch) for c in copies]
+                order_epoch = epoch
+            xs, ys = [], []
+            for c, order in zip(copies, orders, strict=True):
+                index = order[(it % ipe) * batch_size : (it % ipe + 1) * batch_size]
+                if generator is not None:
+                    generator.manual_seed(derive_seed("augment", c.seeds.augmentation, it))
+                x, y = train_data.batch(index, generator)
+                xs.append(x)
+                ys.append(y)
+            x = xs[0] if k == 1 else torch.cat(xs, dim=1)
+            y = torch.stack(ys, dim=1)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(it)
-            with _autocast(device, hparams.bf16):
-                output = step_model(_layout(model, x))
-                loss = torch.nn.functional.cross_entropy(output.float(), y)
+            with autocast(device, hparams.bf16):
+                output = split_output(step_net(layout(net, x)), k).float()
+                losses = per_copy_loss(output, y).mean(0)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # Summed over copies: each copy's gradient is that of its own mean loss.
+            losses.sum().backward()
             if masked:
                 # Pruned weights get no gradient, so no momentum or Adam state builds up
                 # and they stay exactly zero through the optimizer step.
                 torch._foreach_mul_([p.grad for p, _ in masked], [m for _, m in masked])
             optimizer.step()
-            state.add(loss.detach(), (output.detach().argmax(1) == y).sum(), len(y))
+            state.add(losses.detach(), (output.detach().argmax(-1) == y).sum(0), len(y))
             state.iteration = it + 1
             if device.type == "cpu" or state.iteration % 100 == 0:
                 _check_finite(state, checkpoint_path)
             bar.update(1)
 
-    atomic_torch_save(paths.weights(out, end), base_model.state_dict())
+    save_weights(end)
     checkpoint_path.unlink(missing_ok=True)
 
 
 class _State:
     """What the loop carries between steps, all of it in the checkpoint."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, copies: int) -> None:
         self.iteration = 0
         self.wall = 0.0
-        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        self.correct = torch.zeros((), device=device, dtype=torch.int64)
+        self.loss_sum = torch.zeros(copies, device=device, dtype=torch.float64)
+        self.correct = torch.zeros(copies, device=device, dtype=torch.int64)
         self.seen = 0
         self.steps = 0
         self.last_train_loss: float | None = None
         self.last_test_acc: float | None = None
 
-    def add(self, loss: torch.Tensor, correct: torch.Tensor, examples: int) -> None:
-        self.loss_sum += loss.double()
+    def add(self, losses: torch.Tensor, correct: torch.Tensor, examples: int) -> None:
+        self.loss_sum += losses.double()
         self.correct += correct
         self.steps += 1
         self.seen += examples
@@ -260,33 +306,38 @@ class _State:
 
 
 def _log_eval(
-    model: torch.nn.Module,
+    net: torch.nn.Module,
     test_data: DeviceData,
     hparams: TrainingHparams,
     state: _State,
-    logger: MetricLogger,
+    loggers: list[MetricLogger],
     lr: float,
 ) -> None:
     it = state.iteration
+    k = len(loggers)
     if state.steps:
         # Means over the steps since the last evaluation, on augmented batches.
-        state.last_train_loss = state.loss_sum.item() / state.steps
-        logger.log(it, "train_loss", state.last_train_loss)
-        logger.log(it, "train_accuracy", state.correct.item() / state.seen)
+        train_loss = (state.loss_sum / state.steps).tolist()
+        train_accuracy = (state.correct.double() / state.seen).tolist()
+        state.last_train_loss = train_loss[0]
+        for logger, loss, accuracy in zip(loggers, train_loss, train_accuracy, strict=True):
+            logger.log(it, "train_loss", loss)
+            logger.log(it, "train_accuracy", accuracy)
         state.loss_sum.zero_()
         state.correct.zero_()
         state.steps = state.seen = 0
-    test_loss, test_acc = evaluate(model, test_data, bf16=hparams.bf16)
-    state.last_test_acc = test_acc
-    logger.log(it, "test_loss", test_loss)
-    logger.log(it, "test_accuracy", test_acc)
-    logger.log(it, "learning_rate", lr)
-    logger.log(it, "wall_seconds", state.wall)
-    logger.flush()
+    results = evaluate_copies(net, test_data, k, bf16=hparams.bf16)
+    state.last_test_acc = results[0][1]
+    for logger, (test_loss, test_accuracy) in zip(loggers, results, strict=True):
+        logger.log(it, "test_loss", test_loss)
+        logger.log(it, "test_accuracy", test_accuracy)
+        logger.log(it, "learning_rate", lr)
+        logger.log(it, "wall_seconds", state.wall)
+        logger.flush()
 
 
 def _check_finite(state: _State, checkpoint_path: Path) -> None:
-    if not torch.isfinite(state.loss_sum):
+    if not torch.isfinite(state.loss_sum).all():
         kept = "the last checkpoint is kept" if checkpoint_path.exists() else "no checkpoint"
         raise TrainingDiverged(
             f"the training loss became NaN or infinite by iteration {state.iteration} "
@@ -305,18 +356,6 @@ def _mask_pairs(
         return []
     params = dict(model.named_parameters())
     return [(params[n], m.to(params[n].device, params[n].dtype)) for n, m in mask.items()]
-
-
-def _layout(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if x.is_cuda and getattr(model, "is_convolutional", False):
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class _StopFlag:

@@ -1,0 +1,122 @@
+"""K copies of a network as one network, so that two SGD-noise copies train (and 30
+interpolated networks evaluate) in one pass instead of K.
+
+The copies sit side by side along the channel axis: an activation of shape
+(B, C, H, W) becomes (B, K·C, H, W), copy k owning channels [k·C, (k+1)·C).
+- Conv2d(C_in, C_out) becomes Conv2d(K·C_in, K·C_out, groups=K): copy k's filters
+  see only copy k's channels.
+- BatchNorm(C) becomes BatchNorm(K·C): statistics are per channel, hence per copy.
+- Linear(in, out) becomes a batched matmul over (K, out, in) weights, reading
+  (N, K·in) features copy by copy.
+- ReLU, pooling, residual sums and flatten act per channel and need no change.
+So the model's own forward code runs unchanged, and element-wise optimizers (SGD,
+Adam) update each copy exactly as they would alone. Models made of other layers
+are refused."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+Stackable = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d)
+
+
+class StackedLinear(nn.Module):
+    def __init__(self, k: int, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__()
+        self.k, self.in_features, self.out_features = k, in_features, out_features
+        self.weight = nn.Parameter(torch.empty(k, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(k, out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x = x.reshape(-1, self.k, self.in_features).transpose(0, 1)  # (K, N, in)
+        if self.bias is None:
+            y = torch.bmm(x, self.weight.transpose(1, 2))
+        else:
+            y = torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+        return y.transpose(0, 1).reshape(*lead, self.k * self.out_features)
+
+
+def _stacked_module(module: nn.Module, k: int) -> nn.Module:
+    if isinstance(module, nn.Linear):
+        return StackedLinear(k, module.in_features, module.out_features, module.bias is not None)
+    if isinstance(module, nn.Conv2d):
+        if module.groups != 1 or module.padding_mode != "zeros":
+            raise ValueError("only plain convolutions (groups=1, zero padding) can be stacked")
+        return nn.Conv2d(
+            k * module.in_channels,
+            k * module.out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            groups=k,
+            bias=module.bias is not None,
+        )
+    norm = type(module)(k * module.num_features, module.eps, module.momentum, module.affine)
+    return norm
+
+
+def _check(model: nn.Module) -> None:
+    for name, module in model.named_modules():
+        has_own = any(True for _ in module.parameters(recurse=False))
+        if has_own and not isinstance(module, Stackable):
+            raise ValueError(f"cannot stack copies of {name} ({type(module).__name__})")
+
+
+def stack(models: list[nn.Module]) -> nn.Module:
+    """One network holding `models` (same architecture) as copies 0..K-1."""
+    _check(models[0])
+    k = len(models)
+    stacked = copy.deepcopy(models[0])
+    for name, module in list(stacked.named_modules()):
+        if isinstance(module, Stackable):
+            parent_name, _, child = name.rpartition(".")
+            parent = stacked.get_submodule(parent_name) if parent_name else stacked
+            setattr(parent, child, _stacked_module(module, k))
+    stacked.load_state_dict(stack_state([m.state_dict() for m in models], stacked))
+    stacked.copies = k
+    return stacked
+
+
+def _is_batched_matmul(stacked: nn.Module, name: str) -> bool:
+    owner = name.rpartition(".")[0]
+    return isinstance(stacked.get_submodule(owner) if owner else stacked, StackedLinear)
+
+
+def stack_state(states: list[dict[str, torch.Tensor]], stacked: nn.Module) -> dict:
+    """Per-copy tensors (state dicts, masks) laid out as `stacked` holds them."""
+    out = {}
+    for name in states[0]:
+        values = [s[name] for s in states]
+        if values[0].ndim == 0:  # num_batches_tracked: the copies step together
+            out[name] = values[0]
+        elif _is_batched_matmul(stacked, name):
+            out[name] = torch.stack(values)
+        else:
+            out[name] = torch.cat(values)
+    return out
+
+
+def unstack_state(state: dict[str, torch.Tensor], stacked: nn.Module) -> list[dict]:
+    """The inverse of `stack_state`: one dict per copy."""
+    k = stacked.copies
+    copies: list[dict] = [{} for _ in range(k)]
+    for name, value in state.items():
+        if value.ndim == 0:
+            parts = [value.clone() for _ in range(k)]
+        elif _is_batched_matmul(stacked, name):
+            parts = list(value.unbind(0))
+        else:
+            parts = list(value.chunk(k))
+        for c, part in zip(copies, parts, strict=True):
+            c[name] = part.clone()
+    return copies
+
+
+def split_output(output: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, K·classes) -> (N, K, classes)."""
+    return output.view(output.shape[0], k, -1)
