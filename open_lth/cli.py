@@ -39,18 +39,23 @@ def run(argv: list[str]) -> int:
         print(usage())
         return 0 if argv else 2
     runner_type = registries.subcommands.get(argv[0])
+    rest = argv[1:]
+    prog = f"main.py {argv[0]}"
+    if hasattr(runner_type, "select"):  # a subcommand with names of its own (lottery_branch)
+        runner_type, rest = runner_type.select(rest)
+        prog += f" {argv[1]}"
 
     pre = Parser(add_help=False)
     pre.add_argument("--default_hparams")
-    known, _ = pre.parse_known_args(argv[1:])
+    known, _ = pre.parse_known_args(rest)
     defaults = None
     if known.default_hparams:
         family = registries.models.get(known.default_hparams)
         defaults = family.default_hparams(known.default_hparams)
 
-    parser = Parser(prog=f"main.py {argv[0]}", description=runner_type.description)
+    parser = Parser(prog=prog, description=runner_type.description)
     runner_type.add_args(parser, defaults)
-    args = parser.parse_args(argv[1:])
+    args = parser.parse_args(rest)
     runner = runner_type.create_from_args(args)
     if args.display_output_location:
         print(runner.output_location)

@@ -1,0 +1,109 @@
+"""Linear interpolation between two trained networks, θ(α) = (1-α)·θ₁ + α·θ₂, evaluated
+at many α at once: a chunk of interpolated networks is stacked into one network
+(open_lth.stacked) and sees each batch once.
+
+The error barrier (instability) is max_α error(α) − mean(error(0), error(1))."""
+
+from __future__ import annotations
+
+import copy
+import csv
+from pathlib import Path
+
+import torch
+
+from open_lth.data import DeviceData
+from open_lth.evaluation import evaluate_copies, layout
+from open_lth.model_base import Model
+from open_lth.stacked import stack
+from open_lth.store import atomic_write_text
+
+CHUNK = 10  # interpolated networks evaluated together; also the unit of resumption
+HEADER = "alpha,split,error,loss\n"
+
+
+def alphas(points: int) -> list[float]:
+    return [i / (points - 1) for i in range(points)]
+
+
+def interpolate_state(a: dict, b: dict, alpha: float) -> dict:
+    """Every floating entry of the state (weights and BatchNorm running statistics)
+    interpolated; integer entries (num_batches_tracked) taken from the first."""
+    return {
+        k: torch.lerp(a[k], b[k], alpha) if a[k].is_floating_point() else a[k].clone() for k in a
+    }
+
+
+def recompute_bn_stats(net: torch.nn.Module, data: DeviceData, copies: int, batch: int) -> None:
+    """Re-estimate every BatchNorm's running statistics from the training data (no
+    augmentation), as a cumulative average over one pass."""
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    net.train()
+    with torch.no_grad():
+        for start in range(0, len(data), batch):
+            index = torch.arange(start, min(start + batch, len(data)), device=data.device)
+            x, _ = data.batch(index)
+            net(layout(net, x.repeat(1, copies, *([1] * (x.ndim - 2)))))
+    net.eval()
+
+
+def barrier(errors: list[float]) -> float:
+    """max error on the path minus the mean of the two ends' errors."""
+    return max(errors) - (errors[0] + errors[-1]) / 2
+
+
+def read_curve(path: Path) -> dict[tuple[float, str], tuple[float, float]]:
+    """(alpha, split) -> (error, loss) for every complete row."""
+    rows = {}
+    if path.exists():
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                try:
+                    rows[(float(r["alpha"]), r["split"])] = (float(r["error"]), float(r["loss"]))
+                except (TypeError, ValueError, KeyError):
+                    continue
+    return rows
+
+
+def evaluate_path(
+    template: Model,
+    first: dict,
+    second: dict,
+    splits: dict[str, DeviceData],
+    points: int,
+    bn_stats: str,
+    curve_path: Path,
+    bn_batch: int,
+) -> dict[tuple[float, str], tuple[float, float]]:
+    """Evaluate θ(α) on every split at `points` α, appending to curve.csv as chunks
+    finish and skipping α already there (so an interrupted evaluation resumes)."""
+    done = read_curve(curve_path)
+    todo = [a for a in alphas(points) if any((a, s) not in done for s in splits)]
+    # Rewrite what is complete, so that a row cut short by a kill is not appended to.
+    kept = "".join(f"{a!r},{s},{e!r},{loss!r}\n" for (a, s), (e, loss) in sorted(done.items()))
+    atomic_write_text(curve_path, HEADER + kept)
+    device = next(iter(splits.values())).device
+    for i in range(0, len(todo), CHUNK):
+        chunk = todo[i : i + CHUNK]
+        models = []
+        for alpha in chunk:
+            model = copy.deepcopy(template)
+            model.load_state_dict(interpolate_state(first, second, alpha))
+            models.append(model)
+        net = (stack(models) if len(models) > 1 else models[0]).to(device)
+        if bn_stats == "recompute":
+            recompute_bn_stats(net, splits["train"], len(chunk), bn_batch)
+        rows = []
+        for split, data in splits.items():
+            results = evaluate_copies(net, data, len(chunk))
+            for alpha, (loss, accuracy) in zip(chunk, results, strict=True):
+                done[(alpha, split)] = (1 - accuracy, loss)
+                rows.append(f"{alpha!r},{split},{1 - accuracy!r},{loss!r}\n")
+        with open(curve_path, "a") as f:
+            f.write("".join(rows))
+    return done
