@@ -15,12 +15,11 @@ from typing import ClassVar
 
 import torch
 
-from open_lth import registries, stage
+from open_lth import masks, paths, registries, stage
 from open_lth.branch_base import Branch, BranchContext
 from open_lth.data import derive_seed
 from open_lth.errors import UserError
 from open_lth.hparams import Hparams, TrainingHparams, hp
-from open_lth.masks import report
 from open_lth.model_base import Model
 from open_lth.store import atomic_write_json
 from open_lth.strategy_base import Mask
@@ -44,7 +43,8 @@ class TrainingBranch(Branch):
         model, mask, start = self.network(ctx)
         out = ctx.out / "main"
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "sparsity_report.json", report(mask, ctx.levels.ignored))
+        masks.save(mask, paths.mask(out))
+        atomic_write_json(out / "sparsity_report.json", masks.report(mask, ctx.levels.ignored))
         model.to(ctx.job.platform.device)
         apply_mask(model, mask)
         training = self.training(ctx)
