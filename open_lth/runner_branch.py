@@ -75,8 +75,15 @@ class BranchRunner(Runner):
         strategy = registries.strategies.get(desc.pruning.pruning_strategy)
         levels = parse_levels(args.levels)
         # The lottery resolved its strategy's level-dependent defaults from its own
-        # --levels; a branch must be told them (e.g. Gem-Miner's --target_density).
-        desc.strategy = strategy.resolve(desc.strategy, max(levels), desc.pruning)
+        # --levels, which a branch does not know: it must be told them.
+        resolved = strategy.resolve(desc.strategy, max(levels), desc.pruning)
+        if resolved != desc.strategy:
+            given = desc.strategy.to_dict()
+            missing = [f"--{k}" for k, v in resolved.to_dict().items() if given[k] != v]
+            raise UserError(
+                f"give the lottery's {', '.join(missing)} (see its hparams.json): a branch "
+                f"cannot derive it from --levels"
+            )
         branch_type = registries.branches.get(cls.branch_name)
         branch = branch_type(branch_type.hparams_type.create_from_args(args))
         return cls(desc, branch, create_job(args), levels)
