@@ -1,3 +1,3 @@
 """Platforms: where runs and data live and which device runs them."""
 
-from platforms import local  # noqa: F401
+from platforms import colab, local  # noqa: F401

@@ -1,0 +1,111 @@
+"""The study's instability analysis (its Figures 9 and 10, after Frankle et al. 2020):
+two copies of a lottery level trained from the same weights with different SGD noise
+(data order), the error along the linear path between them, and the barrier.
+
+Phase 1 trains the lottery runs the branches hang off: the same commands as the
+LeNet and ResNet-20 studies (magnitude and Fisher pruning, reset), so a root that has
+them already skips them. Phase 2 runs `main.py lottery_branch instability`:
+
+  * sparse levels with k = 0 (the level's start): LeNet levels 0, 8, 15 (100%, 16.8%,
+    3.5% remaining), ResNet-20 levels 0, 8 (16.8%, the study's Fisher comparison); the
+    Fisher runs skip level 0, which is the same dense network as the magnitude run's;
+  * instability vs the step k the copies start from, on the dense network (level 0)
+    of the magnitude run: LeNet k = 25..2000, ResNet-20 k = 100..5000 iterations.
+
+Every branch: --noise_seeds=1,2 --interpolation_points=30, and for ResNet-20
+--bn_stats=interpolate (LeNet has no BatchNorm); k = 0 is the default, not a flag.
+
+    python experiments/instability.py --root=RESULTS --dataset_root=DATA \
+        --cifar_dataset_root=DATA/cifar-10      # if CIFAR-10 lives elsewhere
+
+--quick: the quick LeNet and ResNet-20 lotteries of the two studies, branches at
+levels 0 and 2 (LeNet) or 0 and 1 (ResNet-20), k in {50, 100} (LeNet) and {5}
+(ResNet-20), 11 interpolation points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments import lenet_fisher_vs_magnitude as lenet  # noqa: E402
+from experiments import resnet_fisher_vs_magnitude as resnet  # noqa: E402
+from experiments import sweep  # noqa: E402
+
+FULL = {
+    "lenet": {"levels": "0,8,15", "ks": [25, 100, 500, 2000]},
+    "resnet": {"levels": "0,8", "ks": [100, 500, 2000, 5000]},
+    "points": 30,
+}
+QUICK = {
+    "lenet": {"levels": "0,2", "ks": [50, 100]},
+    "resnet": {"levels": "0,1", "ks": [5]},
+    "points": 11,
+}
+STRATEGIES = ("magnitude", "fisher")
+BRANCH_FLAGS = (
+    "--noise_seeds=",
+    "--interpolation_points=",
+    "--bn_stats=",
+    "--branch_rewinding_steps=",
+)
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Instability study")
+    group.add_argument("--models", default="lenet,resnet", help="lenet, resnet or both")
+    group.add_argument("--cifar_dataset_root", help="CIFAR-10's folder (default: --dataset_root)")
+    group.add_argument("--replicates", type=int, help="replicates 1..N (default: the studies')")
+
+
+def _study_args(args: argparse.Namespace, model: str) -> argparse.Namespace:
+    """The arguments the LeNet or ResNet study would get for the same lotteries."""
+    values = dict(vars(args))
+    if model == "resnet" and args.cifar_dataset_root:
+        values["dataset_root"] = args.cifar_dataset_root
+    values.update(levels=None, rewind=None, pruning_fraction=None)
+    return argparse.Namespace(**values)
+
+
+def branch(lottery: sweep.Run, levels: str, k: int, points: int, bn: bool) -> sweep.Run:
+    """The instability branch of a lottery command: its flags without `--levels=N`."""
+    flags = [a for a in lottery[1:] if not a.startswith("--levels=")]
+    run = ["lottery_branch", "instability", f"--levels={levels}", *flags]
+    run += ["--noise_seeds=1,2", f"--interpolation_points={points}"]
+    if bn:
+        run.append("--bn_stats=interpolate")
+    if k:
+        run.append(f"--branch_rewinding_steps={k}it")
+    return run
+
+
+def build(args: argparse.Namespace) -> sweep.Phases:
+    plan = QUICK if args.quick else FULL
+    lotteries: list[sweep.Run] = []
+    branches: list[sweep.Run] = []
+    for model, study in (("lenet", lenet), ("resnet", resnet)):
+        if model not in args.models.split(","):
+            continue
+        study_args = _study_args(args, model)
+        replicates = args.replicates or study.settings(study_args)["replicates"]
+        reset = study.start_modes(study_args)["reset"]
+        for strategy in STRATEGIES:
+            for replicate in range(1, replicates + 1):
+                run = study.lottery_run(study_args, strategy, reset, replicate)
+                lotteries.append(run)
+                bn = model == "resnet"
+                levels = plan[model]["levels"]
+                if strategy != "magnitude":  # level 0, the dense network, is the same run
+                    levels = ",".join(x for x in levels.split(",") if x.strip() != "0")
+                branches.append(branch(run, levels, 0, plan["points"], bn))
+                if strategy == "magnitude":
+                    for k in plan[model]["ks"]:
+                        branches.append(branch(run, "0", k, plan["points"], bn))
+    return [lotteries, branches]
+
+
+if __name__ == "__main__":
+    sys.exit(sweep.main(build, __doc__, extra_args=add_args))

@@ -1,0 +1,313 @@
+"""A sweep: many runs of main.py, each an independent, idempotent, resumable command
+line, grouped in phases (a phase starts when the one before it has ended, e.g.
+instability branches after the lottery runs they hang off).
+
+A run is the argument list of main.py (`["lottery", "--default_hparams=...", ...]`).
+A study script builds its phases and hands them to `main`, which gives it these flags:
+
+    --dry_run          print each run's command and output folder (from main.py's
+                       --display_output_location), marking those already done
+    --print_commands   print the commands still to run, one per line, for any scheduler
+                       (Slurm array, GNU parallel, a shell loop); phases are in order
+    --jobs=N           run N at a time (default 1, in this terminal); with CUDA, job
+                       slot i gets CUDA_VISIBLE_DEVICES = GPU i mod #GPUs; on a CPU each
+                       gets OMP_NUM_THREADS = cores / N; logs go to <root>/sweep_logs/
+    --root, --dataset_root, --platform   passed to every run
+
+A run whose results exist (summary.json; for a lottery every level's) is skipped;
+one that was interrupted is simply started again and resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MAIN = REPO / "main.py"
+
+Run = list[str]
+Phases = list[list[Run]]
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Sweep")
+    group.add_argument("--root", help="results root (default: the platform's)")
+    group.add_argument("--dataset_root", help="where the data sets are (default: <root>/datasets)")
+    group.add_argument("--platform", help="local (default) or colab")
+    group.add_argument("--quick", action="store_true", help="a small version that runs in minutes")
+    group.add_argument(
+        "--dry_run", action="store_true", help="print the runs and their folders, run nothing"
+    )
+    group.add_argument(
+        "--print_commands", action="store_true", help="print the commands still to run and exit"
+    )
+    group.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    group.add_argument("--log_dir", help="logs of --jobs>1 (default: <root>/sweep_logs)")
+
+
+def job_flags(args: argparse.Namespace) -> list[str]:
+    """The flags of `args` that every run gets: where results and data live (folders
+    made absolute, since the runs start in the repository)."""
+    flags = []
+    for name in ("root", "dataset_root", "platform"):
+        value = getattr(args, name, None)
+        if value and name != "platform":
+            value = Path(value).expanduser().resolve()
+        if value:
+            flags.append(f"--{name}={value}")
+    return flags
+
+
+def flag_value(run: Run, flag: str, default: str | None = None) -> str | None:
+    """The value of `--flag=value` (or `--flag value`) in a run, the last one winning."""
+    value = default
+    for i, arg in enumerate(run):
+        if arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+        elif arg == flag and i + 1 < len(run):
+            value = run[i + 1]
+    return value
+
+
+def command(run: Run) -> list[str]:
+    return [sys.executable, str(MAIN), *run]
+
+
+def shell(run: Run) -> str:
+    return shlex.join(command(run))
+
+
+def locate(run: Run) -> tuple[Path | None, str | None]:
+    """(output folder, None) as main.py --display_output_location prints it (called in
+    this process: the same code, without a Python start per run), or (None, error)."""
+    from open_lth import cli
+    from open_lth.errors import UserError
+
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            code = cli.run([*run, "--display_output_location"])
+    except UserError as e:
+        return None, str(e)
+    lines = buffer.getvalue().strip().splitlines()
+    if code != 0 or not lines:
+        return None, f"main.py exited with {code} and printed no folder"
+    return Path(lines[-1].strip()), None
+
+
+def is_done(run: Run, location: Path | None) -> bool:
+    """Whether a run's results are all there: a train run's summary.json, every level's
+    of a lottery, every level's branch of a lottery_branch (its instability.json or
+    main/summary.json). Anything else counts as not done; main.py skips finished work."""
+    if location is None:
+        return False
+    if run and run[0] == "lottery":
+        levels = int(flag_value(run, "--levels", "0") or 0)
+        strategy = flag_value(run, "--pruning_strategy")
+        if strategy:
+            from open_lth import registries
+
+            registries.load_plugins()
+            if strategy in registries.strategies and registries.strategies.get(strategy).one_shot:
+                levels = min(levels, 1)
+        return all(
+            (location / f"level_{L}" / "main" / "summary.json").exists() for L in range(levels + 1)
+        )
+    if run and run[0] == "lottery_branch":
+        # The location is the branch folder of the first level; the others have its name.
+        replicate_dir = location.parent.parent
+        levels = parse_levels(flag_value(run, "--levels", "") or "")
+        return bool(levels) and all(
+            _stage_done(replicate_dir / f"level_{L}" / location.name) for L in levels
+        )
+    return _stage_done(location)
+
+
+def _stage_done(folder: Path) -> bool:
+    """A stage, an instability branch (instability.json) or a control (main/)."""
+    done = ("summary.json", "instability.json", "main/summary.json")
+    return any((folder / name).exists() for name in done)
+
+
+def parse_levels(text: str) -> list[int]:
+    """'0,3-5' -> [0, 3, 4, 5]; [] when malformed (main.py says what is wrong)."""
+    levels: set[int] = set()
+    try:
+        for part in text.split(","):
+            low, _, high = part.strip().partition("-")
+            levels.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        return []
+    return sorted(levels)
+
+
+def gpu_ids() -> list[str]:
+    """The GPUs jobs are spread over: CUDA_VISIBLE_DEVICES's, else all there are."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        return [v.strip() for v in visible.split(",") if v.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def job_env(slot: int, jobs: int, gpus: list[str]) -> dict[str, str]:
+    env = dict(os.environ)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    elif jobs > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    return env
+
+
+def _log_name(index: int, run: Run, location: Path | None) -> str:
+    where = "_".join(location.parts[-3:]) if location else "unknown"
+    return f"{index:03d}_{run[0]}_{re.sub(r'[^A-Za-z0-9._-]+', '_', where)}.log"
+
+
+def run_phase(
+    runs: list[tuple[Run, Path | None]], jobs: int, log_dir: Path | None, start: int = 0
+) -> list[Run]:
+    """Run these (sequentially in this terminal, or `jobs` at a time with logs);
+    returns the runs that failed. Ctrl-C stops the children, which checkpoint."""
+    gpus = gpu_ids()
+    failed: list[Run] = []
+    if jobs <= 1:
+        for i, (run, location) in enumerate(runs):
+            print(f"[{start + i + 1}] {shell(run)}", flush=True)
+            code = subprocess.call(command(run), cwd=REPO, env=job_env(0, 1, gpus))
+            if code != 0:
+                print(f"[{start + i + 1}] failed with exit status {code}: {location}", flush=True)
+                failed.append(run)
+        return failed
+    assert log_dir is not None
+    log_dir.mkdir(parents=True, exist_ok=True)
+    queue = deque(enumerate(runs))
+    free = list(range(jobs))
+    active: dict[int, tuple] = {}
+    try:
+        while queue or active:
+            while queue and free:
+                slot = free.pop(0)
+                i, (run, location) = queue.popleft()
+                log = log_dir / _log_name(start + i + 1, run, location)
+                handle = open(log, "w")  # noqa: SIM115 - closed when the job ends
+                process = subprocess.Popen(
+                    command(run),
+                    cwd=REPO,
+                    env=job_env(slot, jobs, gpus),
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                )
+                device = f" on GPU {gpus[slot % len(gpus)]}" if gpus else ""
+                print(f"[{start + i + 1}] started{device}: {location}  (log {log})", flush=True)
+                active[slot] = (process, run, handle, start + i + 1, log)
+            time.sleep(0.2)
+            for slot, (process, run, handle, number, log) in list(active.items()):
+                code = process.poll()
+                if code is None:
+                    continue
+                handle.close()
+                del active[slot]
+                free.append(slot)
+                state = "done" if code == 0 else f"FAILED (exit status {code}; see {log})"
+                print(f"[{number}] {state}", flush=True)
+                if code != 0:
+                    failed.append(run)
+    except KeyboardInterrupt:
+        for process, *_ in active.values():
+            process.terminate()
+        for process, *_ in active.values():
+            process.wait()
+        raise
+    return failed
+
+
+def execute(phases: Phases, args: argparse.Namespace) -> int:
+    """Locate every run, then print (--dry_run, --print_commands) or run them."""
+    located = [[(run, *locate(run)) for run in phase] for phase in phases]
+    errors = [(run, error) for phase in located for run, _, error in phase if error]
+    total = sum(len(p) for p in phases)
+    if args.print_commands:
+        for number, phase in enumerate(located, 1):
+            todo = [run for run, location, _ in phase if not is_done(run, location)]
+            print(f"# phase {number}: {len(todo)} commands", file=sys.stderr)
+            for run in todo:
+                print(shell(run))
+        return 2 if errors else 0
+    count = 0
+    failed: list[Run] = []
+    for number, phase in enumerate(located, 1):
+        done = [is_done(run, location) for run, location, _ in phase]
+        print(
+            f"phase {number} of {len(located)}: {len(phase)} runs, {sum(done)} done, "
+            f"{len(phase) - sum(done)} to run",
+            flush=True,
+        )
+        if args.dry_run or errors:
+            for (run, location, error), finished in zip(phase, done, strict=True):
+                state = "done  " if finished else "to run"
+                where = location if location else f"(cannot locate: {error})"
+                print(f"  {state} {where}\n         {shell(run)}")
+            continue
+        todo = [(run, location) for (run, location, _), d in zip(phase, done, strict=True) if not d]
+        failed += run_phase(todo, args.jobs, log_dir(args, todo), count)
+        count += len(phase)
+        if failed and number < len(located):
+            print(f"phase {number} had failures; the later phases, which need it, did not start")
+            break
+    if errors:
+        print(f"error: {len(errors)} of {total} runs cannot be located; nothing was run")
+        return 2
+    if failed:
+        print(f"{len(failed)} of {total} runs failed; run the same command again to retry")
+        return 1
+    if not args.dry_run:
+        print(f"all {total} runs done")
+    return 0
+
+
+def log_dir(args: argparse.Namespace, todo: list[tuple[Run, Path | None]]) -> Path | None:
+    if args.jobs <= 1:
+        return None
+    if args.log_dir:
+        return Path(args.log_dir).expanduser()
+    if args.root:
+        return Path(args.root).expanduser() / "sweep_logs"
+    for _, location in todo:  # the results root: the folder holding lottery_*/train_*
+        for folder in location.parents if location else ():
+            if folder.name.startswith(("lottery_", "train_")):
+                return folder.parent / "sweep_logs"
+    return REPO / "sweep_logs"
+
+
+def main(
+    build: Callable[[argparse.Namespace], Phases],
+    description: str | None,
+    argv: list[str] | None = None,
+    extra_args: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
+    """Parse the sweep's flags (and a study's own), build the phases, execute them."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_args(parser)
+    if extra_args:
+        extra_args(parser)
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be 1 or more, got {args.jobs}")
+    return execute(build(args), args)

@@ -1,0 +1,378 @@
+"""Gem-Miner: the straight-through scores, the pruning schedule, the frozen start
+weights, resume, determinism, bad input, and a lottery run on real MNIST."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import pruning.gem_miner as gm
+from conftest import DATA
+from open_lth import masks, registries
+from open_lth.data import DeviceData
+from open_lth.errors import UserError
+from open_lth.hparams import ModelHparams, PruningHparams
+from open_lth.lottery import level_dir
+from open_lth.model_base import build_model
+from open_lth.strategy_base import PruneContext
+from pruning.gem_miner import GemMinerHparams, GemMinerStrategy
+
+CPU = torch.device("cpu")
+
+
+def data(n: int = 300, augment: bool = False, seed: int = 0) -> DeviceData:
+    """Random 28x28 images with labels tied to their mean brightness (learnable)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8)
+    labels = (images.float().mean((1, 2, 3)) * 10 / 256).long().clamp(0, 9)
+    aug = "crop_flip" if augment else None
+    return DeviceData(images, labels, (0.1307,), (0.3081,), aug, 2, CPU)
+
+
+def model(name: str = "mnist_lenet_50_20", seed: int = 1) -> torch.nn.Module:
+    registries.load_plugins()
+    return build_model(ModelHparams(name, "kaiming_normal", "uniform"), 10, seed)
+
+
+def context(
+    workdir: Path,
+    net: torch.nn.Module | None = None,
+    train: DeviceData | None = None,
+    mask: dict | None = None,
+    seed: int = 0,
+    batch_size: int = 30,
+) -> PruneContext:
+    net = net if net is not None else model()
+    mask = mask if mask is not None else masks.dense(net)
+    train = train if train is not None else data()
+    workdir.mkdir(parents=True, exist_ok=True)
+    return PruneContext(
+        net, mask, train, PruningHparams("gem_miner"), seed, 1, net, batch_size, workdir, True
+    )
+
+
+def hparams(**changes: object) -> GemMinerHparams:
+    values = {
+        "target_density": 0.2,
+        "gem_miner_steps": "6it",
+        "gem_miner_prune_every": "2it",
+        **changes,
+    }
+    return GemMinerHparams(**values)
+
+
+def prune(ctx: PruneContext, ignore: list[str] = (), **changes: object) -> dict:
+    return GemMinerStrategy(hparams(**changes)).prune(ctx, list(ignore))
+
+
+def saved_checkpoints(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Every checkpoint the search writes, as it was written (cloned)."""
+    seen = []
+    real = gm.atomic_torch_save
+
+    def spy(path: Path, obj: dict) -> None:
+        seen.append(
+            {
+                "step": obj["step"],
+                "scores": {n: s.clone() for n, s in obj["scores"].items()},
+                "alive": {n: a.clone() for n, a in obj["alive"].items()},
+            }
+        )
+        real(path, obj)
+
+    monkeypatch.setattr(gm, "atomic_torch_save", spy)
+    return seen
+
+
+# --- the straight-through estimator ---
+
+
+def test_masked_weight_passes_the_gradient_straight_through():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(5, 7, generator=g)
+    s = torch.rand(5, 7, generator=g).requires_grad_()
+    x = torch.randn(3, 7, generator=g)
+    out = x @ gm._MaskedWeight.apply(w, s).T
+    torch.testing.assert_close(out, x @ (w * (s > 0.5)).T)
+    out.square().sum().backward()
+    # d out/d s = d out/d (w·m) · w, also where the score is below 0.5.
+    w_eff = (w * (s > 0.5)).requires_grad_()
+    (x @ w_eff.T).square().sum().backward()
+    torch.testing.assert_close(s.grad, w_eff.grad * w)
+    assert (s.grad[s.detach() <= 0.5] != 0).all()
+
+
+def test_one_backward_reaches_every_surviving_score(tmp_path: Path):
+    net = model()
+    mask = masks.dense(net)
+    mask["fc_layers.0.weight"][:, :100] = False  # the previous level pruned these
+    ctx = context(tmp_path, net, mask=mask)
+    search = gm._Search(ctx, [], hparams())
+    x, y = ctx.train_data.batch(torch.arange(30))
+    search.loss(x, y).backward()
+    for name, score in zip(search.names, search.scores, strict=True):
+        alive = mask[name]
+        assert score.grad is not None, name
+        # Most surviving weights feed the loss (not those of a unit the batch leaves
+        # dead), those of rounded-off scores too: the straight-through estimator.
+        assert (score.grad[alive] != 0).float().mean() > 0.5, name
+        assert (score.grad[alive & (score.detach() <= 0.5)] != 0).any(), name
+        assert (score.grad[~alive] == 0).all(), name
+    assert (search.scores[0].detach()[~mask["fc_layers.0.weight"]] == 0).all()
+
+
+# --- scores and the schedule ---
+
+
+def test_scores_stay_in_unit_interval_even_with_a_huge_lr(tmp_path: Path, monkeypatch):
+    seen = saved_checkpoints(monkeypatch)
+    prune(context(tmp_path), gem_miner_lr=1e6, gem_miner_prune_every="1it")
+    assert [c["step"] for c in seen] == list(range(1, 7))  # a checkpoint after every step
+    hit_low = hit_high = False
+    for ckpt in seen:
+        for name, score in ckpt["scores"].items():
+            assert score.min() >= 0 and score.max() <= 1, (ckpt["step"], name)
+            alive = ckpt["alive"][name]
+            assert (score[~alive] == 0).all()  # removed scores stay 0
+            hit_low |= bool((score[alive] == 0).any())
+            hit_high |= bool((score[alive] == 1).any())
+    assert hit_low and hit_high  # the clamp was needed: without it they leave [0, 1]
+
+
+def test_default_lr_scores_stay_in_unit_interval(tmp_path: Path, monkeypatch):
+    seen = saved_checkpoints(monkeypatch)
+    prune(context(tmp_path), target_density=0.5)
+    final = seen[-1]["scores"]
+    assert all(s.min() >= 0 and s.max() <= 1 for s in final.values())
+    # They moved from their U(0, 1) start (the search trained them).
+    start = torch.rand(
+        final["fc_layers.0.weight"].shape, generator=torch.Generator().manual_seed(0)
+    )
+    alive = seen[-1]["alive"]["fc_layers.0.weight"]
+    assert not torch.equal(final["fc_layers.0.weight"][alive], start[alive])
+
+
+@pytest.mark.parametrize("density", [0.5, 0.168, 0.01])
+@pytest.mark.parametrize("ignore", [[], ["fc.weight"]])
+@pytest.mark.parametrize("previous", [False, True])
+def test_schedule_lands_exactly_on_the_target(
+    tmp_path: Path, monkeypatch, density: float, ignore: list[str], previous: bool
+):
+    net = model()
+    mask = masks.dense(net)
+    if previous:  # the previous level already pruned 30% of each layer, fc included
+        g = torch.Generator().manual_seed(5)
+        mask = {n: torch.rand(m.shape, generator=g) >= 0.3 for n, m in mask.items()}
+    scored = [n for n in mask if n not in ignore]
+    total = sum(mask[n].numel() for n in scored)
+    n0 = sum(int(mask[n].sum()) for n in scored)
+    target = round(density * total)
+    seen = saved_checkpoints(monkeypatch)
+    # 7 steps, pruning every 3: events after steps 3, 6 and 7.
+    new = prune(
+        context(tmp_path, net, mask=mask),
+        ignore,
+        target_density=density,
+        gem_miner_steps="7it",
+        gem_miner_prune_every="3it",
+    )
+    assert sum(int(new[n].sum()) for n in scored) == target
+    assert set(new) == set(mask)
+    for name in mask:
+        assert new[name].dtype == torch.bool
+        assert not (new[name] & ~mask[name]).any(), name  # nothing revived
+    for name in ignore:
+        assert torch.equal(new[name], mask[name])
+    # The schedule: geometric from n0, the last event exactly on the target.
+    assert [c["step"] for c in seen] == [3, 6, 7]
+    counts = [sum(int(a.sum()) for a in c["alive"].values()) for c in seen]
+    expected = [round(n0 * (target / n0) ** (j / 3)) for j in (1, 2)] + [target]
+    assert counts == expected
+    assert counts[0] > counts[1] > counts[2]
+    assert not (tmp_path / gm.CHECKPOINT).exists()  # removed once the mask is made
+
+
+def test_one_event_when_pruning_every_exceeds_the_search(tmp_path: Path, monkeypatch):
+    seen = saved_checkpoints(monkeypatch)
+    new = prune(context(tmp_path), gem_miner_steps="4it", gem_miner_prune_every="1ep")
+    assert [c["step"] for c in seen] == [4]
+    assert sum(int(m.sum()) for m in new.values()) == round(0.2 * 40400)
+
+
+def test_target_above_the_previous_mask_is_a_user_error(tmp_path: Path):
+    net = model()
+    mask = {n: torch.zeros_like(m) for n, m in masks.dense(net).items()}
+    mask["fc.weight"][:] = True  # 200 of 40,400 survive
+    with pytest.raises(UserError, match="only 200 survive"):
+        prune(context(tmp_path, net, mask=mask), target_density=0.01)
+
+
+def test_only_ignored_layers_is_a_user_error(tmp_path: Path):
+    net = model()
+    with pytest.raises(UserError, match="ignore"):
+        prune(context(tmp_path, net), list(masks.dense(net)))
+
+
+# --- the frozen start model ---
+
+
+def test_start_model_is_not_changed(tmp_path: Path):
+    """With BatchNorm in train mode, the search must run on a copy: the running
+    statistics and the weights of the model the lottery trains stay bit-identical."""
+    net = model("cifar_resnet_8_4")
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 32, 32), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (64,), generator=g)
+    train = DeviceData(images, labels, (0.5,) * 3, (0.25,) * 3, "crop_flip", 4, CPU)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    ctx = context(tmp_path, net, train=train, batch_size=16)
+    new = prune(ctx, target_density=0.3, gem_miner_steps="3it", gem_miner_prune_every="1it")
+    assert sum(int(m.sum()) for m in new.values()) == round(
+        0.3 * sum(m.numel() for m in new.values())
+    )
+    after = net.state_dict()
+    assert before.keys() == after.keys()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), k
+    assert all(p.requires_grad for p in net.parameters())  # the copy was frozen, not this
+
+
+# --- resume and determinism ---
+
+
+def test_resumed_search_gives_the_uninterrupted_mask(tmp_path: Path, monkeypatch):
+    train = data(augment=True)  # the per-step augmentation must resume too
+    changes = {"gem_miner_steps": "2ep3it", "gem_miner_prune_every": "4it"}  # 23 steps
+    reference = prune(context(tmp_path / "a", train=train), **changes)
+
+    real = gm.atomic_torch_save
+    calls = []
+
+    def crash_after_third(path: Path, obj: dict) -> None:
+        real(path, obj)
+        calls.append(obj["step"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed right after the checkpoint at step 12
+
+    monkeypatch.setattr(gm, "atomic_torch_save", crash_after_third)
+    with pytest.raises(KeyboardInterrupt):
+        prune(context(tmp_path / "b", train=train), **changes)
+    assert (tmp_path / "b" / gm.CHECKPOINT).exists()
+    monkeypatch.setattr(gm, "atomic_torch_save", real)
+
+    batches = []
+    real_batch = train.batch
+    monkeypatch.setattr(train, "batch", lambda *a: batches.append(1) or real_batch(*a))
+    resumed = prune(context(tmp_path / "b", train=train), **changes)
+    assert len(batches) == 23 - 12  # it resumed, it did not start over
+    assert resumed.keys() == reference.keys()
+    for name in reference:
+        assert torch.equal(resumed[name], reference[name]), name
+    assert not (tmp_path / "b" / gm.CHECKPOINT).exists()
+
+
+def test_a_checkpoint_of_another_search_is_not_resumed(tmp_path: Path, monkeypatch):
+    fresh = prune(context(tmp_path / "a"))
+    real = gm.atomic_torch_save
+
+    def crash(path: Path, obj: dict) -> None:
+        real(path, obj)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gm, "atomic_torch_save", crash)
+    with pytest.raises(KeyboardInterrupt):  # another lr's checkpoint after 2 steps
+        prune(context(tmp_path / "b"), gem_miner_lr=5.0)
+    monkeypatch.setattr(gm, "atomic_torch_save", real)
+    assert (tmp_path / "b" / gm.CHECKPOINT).exists()
+    again = prune(context(tmp_path / "b"))
+    assert all(torch.equal(fresh[n], again[n]) for n in fresh)
+
+
+def test_mask_is_a_function_of_the_seed(tmp_path: Path):
+    a = prune(context(tmp_path / "a", seed=3))
+    b = prune(context(tmp_path / "b", seed=3))
+    c = prune(context(tmp_path / "c", seed=4))
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert any(not torch.equal(a[n], c[n]) for n in a)
+
+
+# --- hparams ---
+
+
+@pytest.mark.parametrize(
+    "changes, flag",
+    [
+        ({"target_density": 0}, "--target_density must be in \\(0, 1\\), got 0"),
+        ({"target_density": 1}, "--target_density must be in \\(0, 1\\), got 1"),
+        ({"target_density": 1.5}, "--target_density must be in \\(0, 1\\), got 1.5"),
+        ({"gem_miner_lambda": -1}, "--gem_miner_lambda"),
+        ({"gem_miner_lr": 0}, "--gem_miner_lr"),
+        ({"gem_miner_momentum": 1}, "--gem_miner_momentum"),
+        ({"gem_miner_steps": "0ep"}, "--gem_miner_steps"),
+        ({"gem_miner_prune_every": "ten"}, "--gem_miner_prune_every"),
+    ],
+)
+def test_bad_hparams(changes: dict, flag: str):
+    with pytest.raises(UserError, match=flag):
+        GemMinerHparams(**changes)
+
+
+def test_resolve_fills_the_density_of_the_levels():
+    pruning = PruningHparams("gem_miner")
+    resolved = GemMinerStrategy.resolve(GemMinerHparams(), 8, pruning)
+    assert resolved.target_density == pytest.approx(0.8**8, rel=1e-12)
+    assert resolved.target_density == 0.16777216  # exact, for a readable run name
+    assert resolved.gem_miner_steps == "2ep"
+    assert GemMinerStrategy.resolve(None, 0, pruning).target_density == 0.8
+    half = PruningHparams("gem_miner", pruning_fraction=0.5)
+    assert GemMinerStrategy.resolve(GemMinerHparams(), 3, half).target_density == 0.125
+    given = GemMinerHparams(target_density=0.3)
+    assert GemMinerStrategy.resolve(given, 8, pruning).target_density == 0.3
+    assert GemMinerStrategy.one_shot
+
+
+# --- the lottery on real MNIST ---
+
+LOTTERY = [
+    "lottery",
+    "--default_hparams=mnist_lenet_300_100",
+    f"--dataset_root={DATA}",
+    "--pruning_strategy=gem_miner",
+    "--levels=8",
+    "--quiet",
+]
+
+
+def test_lottery_on_real_mnist(cli, tmp_path: Path):
+    code, out, err = cli(
+        *LOTTERY,
+        f"--root={tmp_path}",
+        "--training_steps=100it",
+        "--eval_every=100it",
+        "--gem_miner_steps=600it",
+        "--gem_miner_prune_every=200it",
+    )
+    assert code == 0, err
+    (run,) = tmp_path.glob("lottery_*/replicate_1")
+    assert sorted(p.name for p in run.glob("level_*")) == ["level_0", "level_1"]
+    report = json.loads((level_dir(run, 1) / "sparsity_report.json").read_text())
+    assert report["total"] == 266200
+    assert report["kept"] == round(0.8**8 * 266200)
+    summary = json.loads((level_dir(run, 1) / "summary.json").read_text())
+    assert summary["supermask_test_accuracy"] > 0.5
+    hparams = json.loads((level_dir(run, 1) / "hparams.json").read_text())
+    assert hparams["strategy"]["target_density"] == 0.16777216
+    assert not (level_dir(run, 1) / gm.CHECKPOINT).exists()
+
+
+@pytest.mark.parametrize("flag", ["--target_density=1.5", "--gem_miner_lambda=-1"])
+def test_lottery_bad_input(cli, tmp_path: Path, flag: str):
+    root = tmp_path / "root"
+    code, out, err = cli(*LOTTERY, f"--root={root}", "--training_steps=100it", flag)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    assert flag.split("=")[0] in err
+    assert not root.exists() or not any(root.iterdir())
