@@ -16,8 +16,8 @@ subcommands = Registry("subcommand")
 def load_plugins() -> None:
     """Import the packages whose modules fill the registries."""
     import datasets as _datasets  # noqa: F401
+    import experiments.report as _report  # noqa: F401
     import models as _models  # noqa: F401
     import platforms as _platforms  # noqa: F401
-    import experiments.report as _report  # noqa: F401
     import pruning as _pruning  # noqa: F401
     from open_lth import branches, runner_branch, runner_lottery, runner_train  # noqa: F401
