@@ -32,7 +32,7 @@ LENET = "--default_hparams=mnist_lenet_300_100"
         ([LENET, "--eval_every=3x"], "malformed --eval_every"),
         ([LENET, "--training_stepz=1it"], "unrecognized arguments: --training_stepz=1it"),
         ([LENET, "--training_step=1it"], "unrecognized arguments"),  # no abbreviations
-        ([LENET, "--platform=mars"], "unknown platform 'mars'; known platforms: local"),
+        ([LENET, "--platform=mars"], "unknown platform 'mars'; known platforms: colab, local"),
         ([LENET, "--device=tpu9"], "--device"),
         ([], "the following arguments are required: --dataset_name"),
     ],
@@ -48,7 +48,7 @@ def test_bad_flag(cli, tmp_path: Path, flags: list[str], expected: str) -> None:
 
 def test_unknown_subcommand(cli) -> None:
     code, _, err = cli("trian")
-    assert code == 2 and "unknown subcommand 'trian'; known subcommands: lottery, train" in err
+    assert code == 2 and "unknown subcommand 'trian'; known subcommands: lottery, lottery_branch, report, train" in err
 
 
 def copy_mnist(target: Path) -> Path:
