@@ -183,7 +183,8 @@ def test_killed_lottery_resumes_to_the_same_masks_and_weights(cli, tmp_path: Pat
     [
         (
             ["--pruning_strategy=snip"],
-            "unknown pruning strategy 'snip'; known pruning strategies: fisher, magnitude, random",
+            "unknown pruning strategy 'snip'; known pruning strategies: "
+            "fisher, gem_miner, magnitude, random",
         ),
         (["--pruning_fraction=1.0"], "--pruning_fraction must be in (0, 1), got 1.0"),
         (["--pruning_fraction=0"], "--pruning_fraction must be in (0, 1)"),
