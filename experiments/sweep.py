@@ -142,14 +142,13 @@ def _stage_done(folder: Path) -> bool:
 
 def parse_levels(text: str) -> list[int]:
     """'0,3-5' -> [0, 3, 4, 5]; [] when malformed (main.py says what is wrong)."""
-    levels: set[int] = set()
+    from open_lth import runner_branch
+    from open_lth.errors import UserError
+
     try:
-        for part in text.split(","):
-            low, _, high = part.strip().partition("-")
-            levels.update(range(int(low), int(high or low) + 1))
-    except ValueError:
+        return runner_branch.parse_levels(text)
+    except UserError:
         return []
-    return sorted(levels)
 
 
 def gpu_ids() -> list[str]:
