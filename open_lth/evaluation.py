@@ -7,7 +7,7 @@ import contextlib
 import torch
 
 from open_lth.data import DeviceData
-from open_lth.stacked import split_output
+from open_lth.stacked import repeat_input, split_output
 
 
 def evaluate_copies(
@@ -27,9 +27,7 @@ def evaluate_copies(
         for start in range(0, len(data), batch_size):
             index = torch.arange(start, min(start + batch_size, len(data)), device=data.device)
             x, y = data.batch(index)
-            if copies > 1:
-                x = x.repeat(1, copies, *([1] * (x.ndim - 2)))
-            out = split_output(net(layout(net, x)), copies).float()
+            out = split_output(net(layout(net, repeat_input(x, copies))), copies).float()
             y = y.unsqueeze(1).expand(-1, copies)
             loss_sum += per_copy_loss(out, y).sum(0).double()
             correct += (out.argmax(-1) == y).sum(0)

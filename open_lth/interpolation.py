@@ -15,7 +15,7 @@ import torch
 from open_lth.data import DeviceData
 from open_lth.evaluation import evaluate_copies, layout
 from open_lth.model_base import Model
-from open_lth.stacked import stack
+from open_lth.stacked import repeat_input, stack
 from open_lth.store import atomic_write_text
 
 CHUNK = 10  # interpolated networks evaluated together; also the unit of resumption
@@ -48,7 +48,7 @@ def recompute_bn_stats(net: torch.nn.Module, data: DeviceData, copies: int, batc
         for start in range(0, len(data), batch):
             index = torch.arange(start, min(start + batch, len(data)), device=data.device)
             x, _ = data.batch(index)
-            net(layout(net, x.repeat(1, copies, *([1] * (x.ndim - 2)))))
+            net(layout(net, repeat_input(x, copies)))
     net.eval()
 
 

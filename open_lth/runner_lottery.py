@@ -12,13 +12,14 @@ from pathlib import Path
 
 from open_lth import registries, stage
 from open_lth.errors import UserError
+from open_lth.evaluation import evaluate
 from open_lth.hparams import DefaultHparams
 from open_lth.job import Job, add_job_args, create_job
 from open_lth.lottery import Levels, level_dir
 from open_lth.lottery_desc import LotteryDesc
 from open_lth.runner_base import Runner
 from open_lth.store import RunLock
-from open_lth.trainer import apply_mask, evaluate
+from open_lth.trainer import apply_mask
 
 
 @registries.subcommands.register("lottery")

@@ -117,6 +117,11 @@ def unstack_state(state: dict[str, torch.Tensor], stacked: nn.Module) -> list[di
     return copies
 
 
+def repeat_input(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The same batch for each of K copies: (N, C, ...) -> (N, K·C, ...)."""
+    return x if k == 1 else x.repeat(1, k, *([1] * (x.ndim - 2)))
+
+
 def split_output(output: torch.Tensor, k: int) -> torch.Tensor:
     """(N, K·classes) -> (N, K, classes)."""
     return output.view(output.shape[0], k, -1)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from open_lth import paths
 from open_lth.data import DeviceData, derive_seed
 from open_lth.errors import TrainingDiverged
-from open_lth.evaluation import autocast, evaluate, evaluate_copies, layout, per_copy_loss  # noqa: F401
+from open_lth.evaluation import autocast, evaluate_copies, layout, per_copy_loss
 from open_lth.hparams import TrainingHparams
 from open_lth.metrics import MetricLogger
 from open_lth.model_base import Model

@@ -43,6 +43,7 @@ from open_lth.step import Step
 from open_lth.store import atomic_torch_save, torch_load
 from open_lth.strategy_base import Mask, PruneContext, Strategy
 from open_lth.trainer import iterations_per_epoch
+from pruning.select import lowest
 
 CHECKPOINT = "gem_miner_checkpoint.pt"
 
@@ -260,8 +261,8 @@ class _Search:
         values = torch.cat(
             [s.detach().reshape(-1)[a] for s, a in zip(self.scores, alive, strict=True)]
         )
-        # The lowest scores; ties go to the lower index (layer order, then position).
-        chosen = torch.sort(values, stable=True).indices[: count - keep]
+        # Ties go to the lower index (layer order, then position), as in the selector.
+        chosen = lowest(values, count - keep)
         offsets = [0]
         for a in alive:
             offsets.append(offsets[-1] + len(a))

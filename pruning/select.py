@@ -16,7 +16,7 @@ def count_to_prune(fraction: float, remaining: int) -> int:
     return math.ceil(Fraction(repr(fraction)) * remaining)
 
 
-def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+def lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k lowest scores; ties go to the lower index (a stable sort), so
     the same scores always give the same mask."""
     return torch.sort(scores, stable=True).indices[:k]
@@ -43,7 +43,7 @@ def select(
             ]
         )
         k = count_to_prune(fraction, len(values))
-        chosen = _lowest(values, k)
+        chosen = lowest(values, k)
         offsets = torch.tensor([0] + [len(a) for a in alive]).cumsum(0)
         for i, n in enumerate(group):
             here = chosen[(chosen >= offsets[i]) & (chosen < offsets[i + 1])] - offsets[i]
