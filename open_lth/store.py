@@ -48,9 +48,22 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def to_cpu(obj: Any) -> Any:
+    """`obj` with every tensor in it copied to CPU memory (dicts, lists and tuples walked)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
 def atomic_torch_save(path: Path, obj: Any) -> None:
+    """Save from CPU memory, whatever device the tensors are on: a file written by a GPU
+    run then opens with plain `torch.load(path, weights_only=True)` on a laptop."""
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    torch.save(to_cpu(obj), buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -10,7 +10,9 @@ import pytest
 from open_lth.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+# A folder laid out like ../shared/data; OPEN_LTH_TEST_DATA points elsewhere (e.g. a copy
+# carried to a GPU machine, where ../shared does not travel).
+DATA = Path(os.environ.get("OPEN_LTH_TEST_DATA") or REPO.parent / "shared" / "data").resolve()
 CIFAR = DATA / "cifar10-subset"
 
 # Tests never reach for the network: a missing file must fail at once.

@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import DATA
 from datasets import cifar10, download, mnist
 from datasets.cifar10 import CIFAR10
 from datasets.mnist import MNIST, read_idx
 from open_lth import registries
 from open_lth.errors import UserError
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CIFAR_SUBSET = DATA / "cifar10-subset"
 
 
