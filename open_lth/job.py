@@ -4,13 +4,27 @@ numbers, so none of them enters the run name."""
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
+
+import torch
 
 from open_lth import registries
 from open_lth.errors import UserError
 from open_lth.platform_base import Platform
 from open_lth.step import check_step_syntax
+from open_lth.train_step import check_mode
 from open_lth.trainer import TrainOptions
+
+
+def use_deterministic_algorithms() -> None:
+    """Kernels that give the same bits every time. cuBLAS needs its workspace fixed before
+    its first use. `warn_only`: PyTorch flags adaptive_avg_pool2d's CUDA backward although,
+    for the whole-map pooling of these models (sizes divisible), it is the kernel without
+    atomics; a test checks that a resumed GPU run is bit-identical in this mode."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
 
 
 @dataclass
@@ -42,6 +56,16 @@ def add_job_args(parser: argparse.ArgumentParser) -> None:
         "--display_output_location", action="store_true", help="print the run directory and exit"
     )
     group.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    group.add_argument(
+        "--cuda_graphs",
+        default="auto",
+        help="auto (replay each training step from a CUDA graph on CUDA), on, off",
+    )
+    group.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic GPU kernels: a resumed GPU run then ends bit-identical",
+    )
 
 
 def create_job(args: argparse.Namespace) -> Job:
@@ -51,5 +75,8 @@ def create_job(args: argparse.Namespace) -> Job:
         if getattr(args, flag):
             check_step_syntax(getattr(args, flag), f"--{flag}")
     platform = registries.platforms.get(args.platform)(args.root, args.dataset_root, args.device)
-    options = TrainOptions(args.eval_every, args.checkpoint_every, args.quiet)
+    check_mode(args.cuda_graphs, platform.device)
+    if args.deterministic:
+        use_deterministic_algorithms()
+    options = TrainOptions(args.eval_every, args.checkpoint_every, args.quiet, args.cuda_graphs)
     return Job(args.replicate, platform, options)

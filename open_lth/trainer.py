@@ -22,14 +22,15 @@ from tqdm import tqdm
 from open_lth import paths
 from open_lth.data import DeviceData, derive_seed
 from open_lth.errors import TrainingDiverged
-from open_lth.evaluation import autocast, evaluate_copies, layout, per_copy_loss
+from open_lth.evaluation import evaluate_copies
 from open_lth.hparams import TrainingHparams
 from open_lth.metrics import MetricLogger
 from open_lth.model_base import Model
 from open_lth.schedule import build_optimizer, lr_schedule
-from open_lth.stacked import split_output, stack, stack_state, unstack_state
+from open_lth.stacked import stack, stack_state, unstack_state
 from open_lth.step import Step
 from open_lth.store import atomic_torch_save, torch_load
+from open_lth.train_step import StepParts, make_step
 
 Mask = dict[str, torch.Tensor]
 
@@ -41,6 +42,7 @@ class TrainOptions:
     eval_every: str | None = None  # default: once per epoch
     checkpoint_every: str | None = None  # default: once per epoch
     quiet: bool = False
+    cuda_graphs: str = "auto"  # auto: replay the step from a CUDA graph on CUDA
 
 
 @dataclass
@@ -159,7 +161,6 @@ def train_copies(
     if device.type == "cuda" and getattr(net, "is_convolutional", False):
         net = net.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(hparams, list(net.parameters()))
-    masked = _mask_pairs(net, mask)
     apply_mask(net, mask)
     step_net = torch.compile(net) if hparams.compile else net
 
@@ -170,6 +171,11 @@ def train_copies(
         ckpt = torch_load(checkpoint_path, device)
         base_net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        # The saved groups carry the saving run's step path; this run sets its own.
+        for group in optimizer.param_groups:
+            group["lr"] = hparams.lr
+            if "capturable" in group:
+                group["capturable"] = False
         state.load(ckpt)
         torch.set_rng_state(ckpt["rng_cpu"].cpu())
         resumed_at = state.iteration
@@ -185,15 +191,24 @@ def train_copies(
 
     def save_checkpoint() -> None:
         _check_finite(state, checkpoint_path)
+        optimizer_state = optimizer.state_dict()
+        for group in optimizer_state["param_groups"]:  # a graphed step's lr is a tensor
+            group["lr"] = float(group["lr"])
         atomic_torch_save(
             checkpoint_path,
             {
                 "model": base_net.state_dict(),
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "rng_cpu": torch.get_rng_state(),
                 **state.dump(),
             },
         )
+
+    parts = StepParts(
+        net, step_net, optimizer, _mask_pairs(net, mask), k, hparams.bf16,
+        state.loss_sum, state.correct,
+    )  # fmt: skip
+    take_step = make_step(parts, options.cuda_graphs, device, type(base_net).__name__)
 
     generator = torch.Generator(device) if train_data.augmentation else None
     orders: list[torch.Tensor] = []
@@ -243,21 +258,9 @@ def train_copies(
                 xs.append(x)
                 ys.append(y)
             x = xs[0] if k == 1 else torch.cat(xs, dim=1)
-            y = torch.stack(ys, dim=1)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(it)
-            with autocast(device, hparams.bf16):
-                output = split_output(step_net(layout(net, x)), k).float()
-                losses = per_copy_loss(output, y).mean(0)
-            optimizer.zero_grad(set_to_none=True)
-            # Summed over copies: each copy's gradient is that of its own mean loss.
-            losses.sum().backward()
-            if masked:
-                # Pruned weights get no gradient, so no momentum or Adam state builds up
-                # and they stay exactly zero through the optimizer step.
-                torch._foreach_mul_([p.grad for p, _ in masked], [m for _, m in masked])
-            optimizer.step()
-            state.add(losses.detach(), (output.detach().argmax(-1) == y).sum(0), len(y))
+            take_step(x, torch.stack(ys, dim=1), lr_at(it))
+            state.steps += 1
+            state.seen += len(x)
             state.iteration = it + 1
             if device.type == "cpu" or state.iteration % 100 == 0:
                 _check_finite(state, checkpoint_path)
@@ -268,7 +271,8 @@ def train_copies(
 
 
 class _State:
-    """What the loop carries between steps, all of it in the checkpoint."""
+    """What the loop carries between steps, all of it in the checkpoint. The step adds
+    each copy's loss and correct count to `loss_sum` and `correct` in place."""
 
     def __init__(self, device: torch.device, copies: int) -> None:
         self.iteration = 0
@@ -279,12 +283,6 @@ class _State:
         self.steps = 0
         self.last_train_loss: float | None = None
         self.last_test_acc: float | None = None
-
-    def add(self, losses: torch.Tensor, correct: torch.Tensor, examples: int) -> None:
-        self.loss_sum += losses.double()
-        self.correct += correct
-        self.steps += 1
-        self.seen += examples
 
     def dump(self) -> dict:
         return {

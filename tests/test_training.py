@@ -73,7 +73,13 @@ def test_same_command_twice_gives_identical_results(cli, tmp_path: Path) -> None
 
 
 def spawn(root: Path, *extra: str) -> subprocess.Popen:
-    argv = [sys.executable, "main.py", *lenet_args(root, "--checkpoint_every=25it", *extra)]
+    # On the CPU: bit-identical resume is the CPU's promise (tests/test_train_step.py
+    # holds the GPU's), and a GPU would finish these 300 steps before the kill.
+    argv = [
+        sys.executable,
+        "main.py",
+        *lenet_args(root, "--checkpoint_every=25it", "--device=cpu", *extra),
+    ]
     env = {**os.environ, "OPEN_LTH_OFFLINE": "1"}
     return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -92,7 +98,7 @@ def wait_for_checkpoint(root: Path, process: subprocess.Popen, min_iteration: in
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_run_resumes_to_identical_weights(cli, tmp_path: Path, sig: int) -> None:
-    assert cli(*lenet_args(tmp_path / "straight"))[0] == 0
+    assert cli(*lenet_args(tmp_path / "straight", "--device=cpu"))[0] == 0
     process = spawn(tmp_path / "killed")
     wait_for_checkpoint(tmp_path / "killed", process, 100)
     process.send_signal(sig)
@@ -103,7 +109,7 @@ def test_killed_run_resumes_to_identical_weights(cli, tmp_path: Path, sig: int) 
     killed = run_dir(tmp_path / "killed")
     assert not (killed / "summary.json").exists()
     assert paths.checkpoint(killed).exists()
-    assert cli(*lenet_args(tmp_path / "killed", "--checkpoint_every=25it"))[0] == 0
+    assert cli(*lenet_args(tmp_path / "killed", "--checkpoint_every=25it", "--device=cpu"))[0] == 0
     straight = run_dir(tmp_path / "straight")
     assert_same_weights(paths.weights(straight, 300), paths.weights(killed, 300))
     pd.testing.assert_frame_equal(metrics_without_wall(straight), metrics_without_wall(killed))

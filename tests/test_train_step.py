@@ -1,0 +1,275 @@
+"""The training step's two paths: eager, and static buffers replayed from a CUDA graph.
+
+On a CPU the static-buffer step runs eagerly and must equal the eager step to the bit,
+which guards the graph path's logic in CI. The tests marked `cuda` run where a GPU is:
+graph against eager, a capture that fails, files that open without CUDA, and a killed
+GPU run resumed (bit-identical with --deterministic)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import CIFAR, DATA, REPO
+from open_lth import paths, registries
+from open_lth.data import load
+from open_lth.errors import UserError
+from open_lth.evaluation import layout
+from open_lth.hparams import DatasetHparams, ModelHparams, TrainingHparams
+from open_lth.model_base import build_model
+from open_lth.schedule import build_optimizer
+from open_lth.stacked import stack, stack_state
+from open_lth.train_step import (
+    WARMUP_STEPS,
+    EagerStep,
+    FallbackStep,
+    StaticStep,
+    StepParts,
+    make_step,
+)
+
+registries.load_plugins()
+CPU = torch.device("cpu")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+LENET = ("mnist_lenet_300_100", "mnist", DATA, 60, TrainingHparams("adam", 1.2e-3, "1ep"))
+RESNET = (
+    "cifar_resnet_8",
+    "cifar10",
+    CIFAR,
+    32,
+    TrainingHparams("sgd", 0.1, "1ep", momentum=0.9, weight_decay=1e-4, nesterov_momentum=True),
+)
+
+
+def parts_for(
+    spec: tuple, copies: int, device: torch.device, seed: int = 3
+) -> tuple[StepParts, torch.nn.Module]:
+    """A fresh network (K stacked copies), its optimizer and a random mask, on `device`."""
+    name, _, _, _, training = spec
+    hp = ModelHparams(name, "kaiming_normal", "uniform")
+    models = [build_model(hp, 10, seed + i) for i in range(copies)]
+    mask = {}
+    g = torch.Generator().manual_seed(0)
+    for n in models[0].prunable_layer_names:
+        shape = dict(models[0].named_parameters())[n].shape
+        mask[n] = (torch.rand(shape, generator=g) < 0.5).float()
+    net = models[0] if copies == 1 else stack(models)
+    if copies > 1:
+        mask = stack_state([mask] * copies, net)
+    net = net.to(device)
+    if device.type == "cuda" and getattr(net, "is_convolutional", False):
+        net = net.to(memory_format=torch.channels_last)
+    params = dict(net.named_parameters())
+    with torch.no_grad():
+        for n, m in mask.items():
+            params[n].mul_(m.to(device))
+    masked = [(params[n], m.to(device)) for n, m in mask.items()]
+    optimizer = build_optimizer(training, list(net.parameters()))
+    sums = torch.zeros(copies, dtype=torch.float64, device=device)
+    correct = torch.zeros(copies, dtype=torch.int64, device=device)
+    return StepParts(net, net, optimizer, masked, copies, False, sums, correct), net
+
+
+def batches(spec: tuple, copies: int, device: torch.device, steps: int) -> list:
+    _, dataset, root, batch, _ = spec
+    data, _ = load(DatasetHparams(dataset, batch, subsample_fraction=0.1), root, True, device)
+    g = torch.Generator(device).manual_seed(1)
+    out = []
+    for s in range(steps):
+        xs, ys = [], []
+        for c in range(copies):
+            index = data.order(c, 0)[s * batch : (s + 1) * batch]
+            x, y = data.batch(index, g)
+            xs.append(x)
+            ys.append(y)
+        # A schedule that changes every step: the static step must follow it. Values that
+        # float32 holds exactly, as the static step's lr tensor is float32 (CUDA's fused
+        # kernels compute in float32 either way; the CPU's fused Adam uses doubles).
+        lr = float(torch.tensor(0.05 / (s + 1), dtype=torch.float32))
+        out.append((torch.cat(xs, dim=1), torch.stack(ys, dim=1), lr))
+    return out
+
+
+def run(step: object, data: list) -> None:
+    for x, y, lr in data:
+        step(x, y, lr)
+
+
+@pytest.mark.parametrize("spec", [LENET, RESNET], ids=["lenet", "resnet8"])
+@pytest.mark.parametrize("copies", [1, 2])
+def test_static_step_equals_the_eager_step_on_the_cpu(spec: tuple, copies: int) -> None:
+    data = batches(spec, copies, CPU, 6)
+    eager_parts, eager_net = parts_for(spec, copies, CPU)
+    static_parts, static_net = parts_for(spec, copies, CPU)
+    run(EagerStep(eager_parts), data)
+    static = StaticStep(static_parts, capture=False)
+    run(static, data)
+    assert static.graph is None
+    for (name, a), b in zip(eager_net.state_dict().items(), static_net.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(eager_parts.loss_sum, static_parts.loss_sum)
+    assert torch.equal(eager_parts.correct, static_parts.correct)
+    assert eager_parts.loss_sum.gt(0).all() and eager_parts.correct.gt(0).all()
+    # The static step really used its tensor learning rate.
+    assert static.lr.item() == pytest.approx(data[-1][2])
+
+
+def test_graphs_are_eager_without_cuda() -> None:
+    parts, _ = parts_for(LENET, 1, CPU)
+    assert isinstance(make_step(parts, "auto", CPU, "Model"), EagerStep)
+    with pytest.raises(UserError, match="--cuda_graphs=on needs a CUDA device"):
+        make_step(parts, "on", CPU, "Model")
+    with pytest.raises(UserError, match="--cuda_graphs must be one of auto, on, off"):
+        make_step(parts, "sometimes", CPU, "Model")
+
+
+# ------------------------------------------------------------------ on a GPU
+
+
+@cuda
+@pytest.mark.parametrize("spec", [LENET, RESNET], ids=["lenet", "resnet8"])
+@pytest.mark.parametrize("copies", [1, 2])
+def test_graph_replay_equals_eager_on_the_gpu(spec: tuple, copies: int, monkeypatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    gpu = torch.device("cuda")
+    data = batches(spec, copies, gpu, WARMUP_STEPS + 5)
+    eager_parts, eager_net = parts_for(spec, copies, gpu)
+    graph_parts, graph_net = parts_for(spec, copies, gpu)
+    run(EagerStep(eager_parts), data)
+    step = make_step(graph_parts, "on", gpu, "Model")
+    run(step, data)
+    assert step.step.graph is not None  # the last steps were replays
+    for (name, a), b in zip(eager_net.state_dict().items(), graph_net.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(eager_parts.loss_sum, graph_parts.loss_sum, rtol=1e-5, atol=0)
+    x = layout(graph_net, data[0][0])
+    assert graph_net(x).isfinite().all()
+
+
+class Syncs(torch.nn.Module):
+    """A model that reads a value back to the host in its forward: not capturable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fc(x.flatten(1))
+        return out * (1.0 if out.sum().item() > -1e30 else 0.0)
+
+
+@cuda
+@pytest.mark.parametrize("mode", ["auto", "on"])
+def test_a_model_that_cannot_be_captured(mode: str, capsys) -> None:
+    gpu = torch.device("cuda")
+    net = Syncs().to(gpu)
+    training = TrainingHparams("sgd", 0.1, "1ep", momentum=0.9)
+    sums = torch.zeros(1, dtype=torch.float64, device=gpu)
+    correct = torch.zeros(1, dtype=torch.int64, device=gpu)
+    parts = StepParts(net, net, build_optimizer(training, list(net.parameters())), [], 1, False,
+                      sums, correct)  # fmt: skip
+    step = make_step(parts, mode, gpu, "Syncs")
+    assert isinstance(step, FallbackStep)
+    data = batches(LENET, 1, gpu, WARMUP_STEPS + 3)
+    if mode == "on":
+        with pytest.raises(UserError, match="Syncs cannot be captured in a CUDA graph"):
+            run(step, data)
+        return
+    run(step, data)
+    err = capsys.readouterr().err
+    assert err.count("cannot be captured in a CUDA graph") == 1, err
+    assert step.eager is not None and sums.item() > 0
+    assert net.fc.weight.isfinite().all()
+
+
+CRASH_AFTER = """
+import os, sys
+sys.path.insert(0, os.getcwd())
+import open_lth.trainer as trainer
+real = trainer.make_step
+def make_step(*args, **kwargs):
+    step, count = real(*args, **kwargs), [0]
+    def crashing(x, y, lr):
+        count[0] += 1
+        if count[0] > {after}:
+            os._exit(9)  # as SIGKILL: no checkpoint on the way out
+        step(x, y, lr)
+    return crashing
+trainer.make_step = make_step
+from open_lth.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def gpu_run(root: Path, spec: tuple, extra: list[str], crash_after: int | None = None) -> None:
+    name, _, data_root, _, _ = spec
+    family = "cifar_resnet_20" if "resnet" in name else name
+    argv = [
+        "train",
+        f"--default_hparams={family}",
+        f"--model_name={name}",
+        f"--dataset_root={data_root}",
+        f"--root={root}",
+        "--training_steps=400it",
+        "--eval_every=200it",
+        "--checkpoint_every=100it",
+        "--device=cuda",
+        "--quiet",
+        *extra,
+    ]
+    code = ["-c", CRASH_AFTER.format(after=crash_after)] if crash_after else ["main.py"]
+    env = {**os.environ, "OPEN_LTH_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, *code, *argv], cwd=REPO, env=env, capture_output=True)
+    expected = 9 if crash_after else 0
+    assert done.returncode == expected, done.stderr.decode()[-2000:]
+
+
+@cuda
+@pytest.mark.parametrize(
+    "spec,deterministic", [(RESNET, True), (LENET, False)], ids=["resnet8-deterministic", "lenet"]
+)
+def test_a_killed_gpu_run_resumes(tmp_path: Path, spec: tuple, deterministic: bool) -> None:
+    extra = ["--deterministic"] if deterministic else []
+    gpu_run(tmp_path / "straight", spec, extra)
+    gpu_run(tmp_path / "killed", spec, extra, crash_after=250)
+    (killed,) = (tmp_path / "killed").glob("train_*/replicate_1/main")
+    assert torch.load(paths.checkpoint(killed), weights_only=True)["iteration"] == 200
+    gpu_run(tmp_path / "killed", spec, extra)
+    (straight,) = (tmp_path / "straight").glob("train_*/replicate_1/main")
+    a = torch.load(paths.weights(straight, 400), weights_only=True)
+    b = torch.load(paths.weights(killed, 400), weights_only=True)
+    for name in a:
+        if deterministic:
+            assert torch.equal(a[name], b[name]), name
+        else:
+            torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+@cuda
+def test_gpu_results_open_without_cuda(tmp_path: Path) -> None:
+    gpu_run(tmp_path, RESNET, [])
+    gpu_run(tmp_path / "partial", RESNET, [], crash_after=150)
+    (run_dir,) = tmp_path.glob("train_*/replicate_1/main")
+    (partial,) = (tmp_path / "partial").glob("train_*/replicate_1/main")
+    files = [paths.weights(run_dir, 0), paths.weights(run_dir, 400), paths.checkpoint(partial)]
+    script = (
+        "import sys, torch\n"
+        "assert not torch.cuda.is_available()\n"
+        "for f in sys.argv[1:]:\n"
+        "    torch.load(f, weights_only=True)\n"
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", script, *map(str, files)], env=env, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    ckpt = torch.load(paths.checkpoint(partial), weights_only=True, map_location="cpu")
+    tensors = [v for v in ckpt["optimizer"]["state"][0].values() if torch.is_tensor(v)]
+    assert tensors and all(t.device.type == "cpu" for t in tensors)
