@@ -22,7 +22,7 @@ from tqdm import tqdm
 from open_lth import paths
 from open_lth.data import DeviceData, derive_seed
 from open_lth.errors import TrainingDiverged
-from open_lth.evaluation import evaluate_copies
+from open_lth.evaluation import evaluate_copies, uses_channels_last
 from open_lth.hparams import TrainingHparams
 from open_lth.metrics import MetricLogger
 from open_lth.model_base import Model
@@ -158,7 +158,7 @@ def train_copies(
             atomic_torch_save(paths.weights(c.out, iteration), state_dict)
 
     base_net = net
-    if device.type == "cuda" and getattr(net, "is_convolutional", False):
+    if uses_channels_last(net, device):
         net = net.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(hparams, list(net.parameters()))
     apply_mask(net, mask)

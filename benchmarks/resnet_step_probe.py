@@ -1,0 +1,137 @@
+"""Where a graphed ResNet-20 step spends its time on a GPU: the trainer's rate under each
+memory layout, cuDNN autotuning on or off, fp32 or bf16; the graph replay alone on a fixed
+batch; and the batch preparation alone (order, crop and flip, normalization).
+
+    python benchmarks/resnet_step_probe.py --dataset_root=<cifar root>
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gpu_speed  # noqa: E402
+
+from open_lth import evaluation, registries  # noqa: E402
+from open_lth.data import derive_seed  # noqa: E402
+from open_lth.model_base import build_model  # noqa: E402
+from open_lth.schedule import build_optimizer  # noqa: E402
+from open_lth.train_step import EagerStep, StaticStep, StepParts  # noqa: E402
+
+
+def timed(fn: object, n: int) -> float:
+    for _ in range(10):
+        fn()
+    start = gpu_speed.sync_time()
+    for _ in range(n):
+        fn()
+    return n / (gpu_speed.sync_time() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset_root", required=True)
+    parser.add_argument("--model", default="cifar_resnet_20")
+    parser.add_argument("--parts", default="grid,replay", help="of grid, replay, profile, compile")
+    args = parser.parse_args()
+    registries.load_plugins()
+    device = torch.device("cuda")
+    spec = gpu_speed.load_spec(args.model, Path(args.dataset_root), device)
+    gpu_speed.trainer_its(spec, 100, "auto")
+    parts = args.parts.split(",")
+    if "compile" in parts:
+        for bf16 in (False, True):
+            start = time.perf_counter()
+            rate = gpu_speed.trainer_its(spec, 1000, "auto", bf16=bf16, compile=True)
+            print(
+                f"graphs + torch.compile, bf16={bf16}: {rate:7.1f} it/s "
+                f"(whole call {time.perf_counter() - start:.0f} s, compiling included)",
+                flush=True,
+            )
+    if "profile" in parts:
+        profile(spec, device)
+    if "grid" in parts:
+        grid(spec)
+    if "replay" in parts:
+        replay(spec, device)
+
+
+def profile(spec: dict, device: torch.device) -> None:
+    """Kernels of one eager step: how many, and where the GPU time goes."""
+    net = build_model(spec["model_hp"], 10, 1).to(device).to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(spec["training"], list(net.parameters()))
+    sums = torch.zeros(1, dtype=torch.float64, device=device)
+    correct = torch.zeros(1, dtype=torch.int64, device=device)
+    step = EagerStep(StepParts(net, net, optimizer, [], 1, False, sums, correct))
+    x, y = spec["train"].batch(torch.arange(128, device=device))
+    for _ in range(5):
+        step(x, y.unsqueeze(1), 0.1)
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(10):
+            step(x, y.unsqueeze(1), 0.1)
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = sum(e.count for e in events) / 10
+    total = sum(e.self_device_time_total for e in events) / 10 / 1000
+    print(f"eager step: {kernels:.0f} kernels, {total:.2f} ms of kernel time per step")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:12]:
+        per = e.self_device_time_total / 10 / 1000
+        print(f"  {per:6.3f} ms  {e.count / 10:5.1f}x  {e.key[:90]}")
+
+
+def grid(spec: dict) -> None:
+    for channels_last in (True, False):
+        for bench in (False, True):
+            for bf16 in (False, True):
+                evaluation.CHANNELS_LAST = channels_last
+                torch.backends.cudnn.benchmark = bench
+                rate = gpu_speed.trainer_its(spec, 1000, "auto", bf16=bf16)
+                print(
+                    f"channels_last={channels_last!s:5} cudnn.benchmark={bench!s:5} "
+                    f"bf16={bf16!s:5} trainer {rate:7.1f} it/s",
+                    flush=True,
+                )
+    evaluation.CHANNELS_LAST = True
+    torch.backends.cudnn.benchmark = False
+
+
+def replay(spec: dict, device: torch.device) -> None:
+    train = spec["train"]
+    generator = torch.Generator(device)
+    order = train.order(1, 0)
+    step = [0]
+
+    def prepare() -> tuple[torch.Tensor, torch.Tensor]:
+        s = step[0] % 30
+        step[0] += 1
+        generator.manual_seed(derive_seed("augment", 1, s))
+        return train.batch(order[s * 128 : (s + 1) * 128], generator)
+
+    print(f"batch preparation alone: {timed(prepare, 1000):8.1f} batches/s")
+    for bench in (False, True):
+        torch.backends.cudnn.benchmark = bench
+        net = build_model(spec["model_hp"], 10, 1).to(device)
+        net = net.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(spec["training"], list(net.parameters()))
+        sums = torch.zeros(1, dtype=torch.float64, device=device)
+        correct = torch.zeros(1, dtype=torch.int64, device=device)
+        parts = StepParts(net, net, optimizer, [], 1, False, sums, correct)
+        static = StaticStep(parts, capture=True)
+        x, y = prepare()
+        for _ in range(5):
+            static(x, y.unsqueeze(1), 0.1)
+        rate = timed(static.graph.replay, 1000)
+        print(f"graph replay alone (cudnn.benchmark={bench}): {rate:8.1f} it/s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
