@@ -10,6 +10,7 @@ for the layer input a_n. For a Linear layer Σₙ (δ_n a_nᵀ)² = (δ²)ᵀ(a�
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -26,7 +27,7 @@ from open_lth.strategy_base import PruneContext
 from pruning.base import ScoreStrategy
 
 # Bytes that the per-example tensors of one conv layer may take at once; the batch is split
-# into chunks that fit.
+# into chunks that fit. On a GPU a quarter of its free memory, where that is more.
 MEMORY_BUDGET = 256 * 2**20
 
 # How a conv layer's per-example weight gradients are formed (all give the same squares):
@@ -35,8 +36,10 @@ MEMORY_BUDGET = 256 * 2**20
 # unfold:  the input's k² windows copied out (im2col), one batched matmul;
 # grouped: the weight gradient of a convolution whose groups are the examples (one cuDNN or
 #          oneDNN call, no im2col).
-# "auto": shifted on a CPU, unfold on a GPU.
+# "auto": shifted on a CPU; on a GPU the fastest for the layer's shapes, timed once per
+# process (like cudnn.benchmark), or unfold when deterministic algorithms are asked for.
 CONV_METHODS = ("shifted", "unfold", "grouped")
+_TUNED: dict[tuple, str] = {}
 
 
 @dataclass
@@ -135,6 +138,37 @@ def _conv_method(conv: nn.Conv2d, method: str) -> Callable[..., torch.Tensor]:
     return _CONV[method]
 
 
+def _fastest(conv: nn.Conv2d, a: torch.Tensor, delta: torch.Tensor) -> str:
+    """The quickest method for these shapes on this GPU, kept for the process: each is run
+    up to three times (the first a warm-up) and its quickest run counts; one far slower than
+    the best at its first run, or failing (e.g. out of memory), is passed over."""
+    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    key = (a.device, a.dtype, a.shape, a.stride(), delta.shape, delta.stride(), flags,
+           conv.kernel_size, conv.stride, conv.padding, conv.dilation)  # fmt: skip
+    if key in _TUNED:
+        return _TUNED[key]
+    seconds: dict[str, float] = {}
+    for method in CONV_METHODS:
+        if method == "shifted" and conv.stride != (1, 1):
+            continue  # it would be unfold
+        fn = _conv_method(conv, method)
+        runs = []
+        try:
+            for _ in range(3):
+                torch.cuda.synchronize(a.device)
+                start = time.perf_counter()
+                fn(conv, a, delta)
+                torch.cuda.synchronize(a.device)
+                runs.append(time.perf_counter() - start)
+                if runs[0] > 10 * min(seconds.values(), default=float("inf")):
+                    break
+        except RuntimeError:
+            continue
+        seconds[method] = min(runs[1:] or runs)
+    _TUNED[key] = min(seconds, key=seconds.get, default="unfold")
+    return _TUNED[key]
+
+
 def _conv_squares(
     conv: nn.Conv2d, a: torch.Tensor, delta: torch.Tensor, method: str
 ) -> torch.Tensor:
@@ -144,9 +178,17 @@ def _conv_squares(
     # Per example: its gradient (C_out·k) and at most its unfolded input (k·L), the largest
     # of the methods' own tensors.
     per_example = a.element_size() * k * (locations + c_out)
-    chunk = max(1, MEMORY_BUDGET // per_example)
+    budget = MEMORY_BUDGET
+    if a.device.type == "cuda":
+        budget = max(budget, torch.cuda.mem_get_info(a.device)[0] // 4)
+    chunk = max(1, budget // per_example)
     if method == "auto":
-        method = "shifted" if a.device.type == "cpu" else "unfold"
+        if a.device.type != "cuda":
+            method = "shifted"
+        elif torch.are_deterministic_algorithms_enabled():
+            method = "unfold"
+        else:
+            method = _fastest(conv, a[:chunk], delta[:chunk])
     fn = _conv_method(conv, method)
     total = None
     for start in range(0, b, chunk):

@@ -182,6 +182,26 @@ def test_unknown_conv_method_is_refused():
         fisher_diagonal(lenet(), mnist_data(4), conv_method="im2col")
 
 
+def test_gpu_tuning_picks_a_working_method_once(monkeypatch):
+    """The GPU's per-shape choice, run on the CPU with the synchronize stubbed out."""
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(fisher_module, "_TUNED", {})
+    calls = []
+
+    def broken(conv, a, delta):
+        calls.append(1)
+        raise torch.cuda.OutOfMemoryError("no room")
+
+    monkeypatch.setitem(fisher_module._CONV, "grouped", broken)
+    conv = nn.Conv2d(4, 5, 3, padding=1, bias=False)
+    a, delta = torch.randn(6, 4, 7, 7), torch.randn(6, 5, 7, 7)
+    assert fisher_module._fastest(conv, a, delta) in ("shifted", "unfold")
+    assert fisher_module._fastest(conv, a, delta) in ("shifted", "unfold")
+    assert len(calls) == 1 and len(fisher_module._TUNED) == 1  # timed once, then remembered
+    strided = nn.Conv2d(4, 5, 3, stride=2, bias=False)
+    assert fisher_module._fastest(strided, a, torch.randn(6, 5, 3, 3)) == "unfold"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("method", METHODS)
 def test_cuda_channels_last_matches_cpu(monkeypatch, method):
