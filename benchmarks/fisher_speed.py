@@ -172,8 +172,17 @@ def main() -> None:
         variants[f"fisher ({method})"] = fisher(method)
 
     variants["plain gradient"]()  # CUDA's and the libraries' start-up, outside every timing
-    # Warm-ups: first calls, the allocator, the GPU's choice of conv method.
-    warm = {name: seconds(fn) for name, fn in variants.items()}
+    # Warm-ups: first calls, the allocator, the GPU's choice of conv method. A method that
+    # fails here (out of memory, a kernel the device lacks) is reported, not fatal.
+    warm, failed = {}, {}
+    for name, fn in list(variants.items()):
+        try:
+            warm[name] = seconds(fn)
+        except RuntimeError as error:
+            if name == "plain gradient":
+                raise
+            failed[name] = str(error).strip().splitlines()[0][:70]
+            del variants[name]
     # A variant far slower than the plain pass keeps its warm-up as its one timing.
     slow = {name for name, s in warm.items() if s > TOO_SLOW * warm["plain gradient"]}
     times: dict[str, list[float]] = {
@@ -207,6 +216,8 @@ def main() -> None:
         once = " (1 run: too slow to repeat)" if name in slow else ""
         error = f"{errors[name]:13.1e}" if name in errors else f"{'-':>13}"
         print(f"{name:<22}{median[name]:10.4f}{median[name] / plain:9.2f}{error}{once}")
+    for name, message in failed.items():
+        print(f"{name:<22}  failed: {message}")
     print(f"{'loop, a backward each':<22}{loop_s:10.4f}{loop_s / plain:9.1f}"
           f"{max_relative_error(looped, reference):13.1e}"
           f"   (float32, extrapolated from {len(subset)} examples)")  # fmt: skip
