@@ -44,15 +44,18 @@ def lenet() -> nn.Module:
 
 
 def resnet(data: DeviceData) -> nn.Module:
-    """cifar_resnet_8_4 with BatchNorm running statistics far from their defaults."""
+    """cifar_resnet_8_4 with BatchNorm running statistics far from their defaults. The same
+    model every time: about one draw in a hundred of the shifts is so ill-conditioned that
+    float32 itself misses the float64 reference by more than rtol (whatever the method)."""
     registries.load_plugins()
     model = build_model(ModelHparams("cifar_resnet_8_4", "kaiming_normal", "uniform"), 10, 1)
     model.train()
+    g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.momentum = 0.5
-                module.bias.uniform_(-0.5, 0.5)
+                module.bias.uniform_(-0.5, 0.5, generator=g)
         for i in range(3):
             x, _ = data.batch(torch.arange(len(data)))
             model(x * (1 + i) + i)
