@@ -10,6 +10,7 @@ for the layer input a_n. For a Linear layer Σₙ (δ_n a_nᵀ)² = (δ²)ᵀ(a�
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -25,9 +26,20 @@ from open_lth.hparams import Hparams, hp
 from open_lth.strategy_base import PruneContext
 from pruning.base import ScoreStrategy
 
-# Bytes that the per-example tensors of one conv layer (unfolded inputs and gradients) may
-# take at once; the batch is split into chunks that fit.
+# Bytes that the per-example tensors of one conv layer may take at once; the batch is split
+# into chunks that fit. On a GPU a quarter of its free memory, where that is more.
 MEMORY_BUDGET = 256 * 2**20
+
+# How a conv layer's per-example weight gradients are formed (all give the same squares):
+# shifted: stride-1 convs as k² batched matmuls over shifted views of the padded input, no
+#          copy of it (strided convs as unfold);
+# unfold:  the input's k² windows copied out (im2col), one batched matmul;
+# grouped: the weight gradient of a convolution whose groups are the examples (one cuDNN or
+#          oneDNN call, no im2col).
+# "auto": shifted on a CPU; on a GPU the fastest for the layer's shapes, timed once per
+# process (like cudnn.benchmark), or unfold when deterministic algorithms are asked for.
+CONV_METHODS = ("shifted", "unfold", "grouped")
+_TUNED: dict[tuple, str] = {}
 
 
 @dataclass
@@ -63,26 +75,126 @@ def _chunked_squares(delta: torch.Tensor, cols: torch.Tensor, chunk: int) -> tor
     return total
 
 
-def _conv_squares(conv: nn.Conv2d, a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+def _unfold(conv: nn.Conv2d, a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Σₙ g_n² with g_n = δ_n cols_nᵀ, cols_n example n's k² input windows (B, C_in·k², L),
+    copied out of strided views of the padded input (F.unfold does the same, slower)."""
+    (kh, kw), (dh, dw), (ph, pw) = conv.kernel_size, conv.dilation, conv.padding
+    sh, sw = conv.stride
+    b, c_out, h_out, w_out = delta.shape
+    a = F.pad(a, (pw, pw, ph, ph))
+    windows = a.unfold(2, (kh - 1) * dh + 1, sh).unfold(3, (kw - 1) * dw + 1, sw)
+    windows = windows[:, :, :h_out, :w_out, ::dh, ::dw]  # (B, C_in, H_out, W_out, kh, kw)
+    cols = windows.permute(0, 1, 4, 5, 2, 3).reshape(b, -1, h_out * w_out)
+    g = torch.bmm(delta.reshape(b, c_out, -1), cols.transpose(1, 2))
+    return g.square_().sum(0).view_as(conv.weight)
+
+
+def _shifted(conv: nn.Conv2d, a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Stride 1 only. Flattened over rows of the padded width W_p, the window of kernel
+    position (i, j) is the padded input shifted by i·d_h·W_p + j·d_w: a view, not a copy. δ,
+    padded with zero columns to W_p, multiplies it, so the columns that wrap into the next
+    row count nothing. One batched matmul per kernel position."""
+    (kh, kw), (dh, dw), (ph, pw) = conv.kernel_size, conv.dilation, conv.padding
+    b, c_out, h_out, w_out = delta.shape
+    c_in = a.shape[1]
+    a = F.pad(a, (pw, pw, ph, ph)).contiguous()
+    h_p, w_p = a.shape[2:]
+    a = a.view(b, c_in, h_p * w_p)
+    # The last row's zero tail is dropped, so the last window ends at the input's end.
+    length = (h_out - 1) * w_p + w_out
+    d = F.pad(delta, (0, w_p - w_out)).contiguous().view(b, c_out, h_out * w_p)[:, :, :length]
+    g = a.new_empty(kh * kw, b, c_out, c_in)
+    for i in range(kh):
+        for j in range(kw):
+            shift = i * dh * w_p + j * dw
+            torch.bmm(d, a[:, :, shift : shift + length].transpose(1, 2), out=g[i * kw + j])
+    squares = g.square_().sum(1)  # (kh·kw, C_out, C_in)
+    return squares.permute(1, 2, 0).reshape(conv.weight.shape)
+
+
+def _grouped(conv: nn.Conv2d, a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Examples as groups: the input (1, B·C_in, H, W) and output gradient (1, B·C_out, ...)
+    of a conv with B groups, whose weight gradient (B·C_out, C_in, kh, kw) is g_n stacked."""
+    b, c_in = a.shape[:2]
+    c_out = delta.shape[1]
+    g = torch.nn.grad.conv2d_weight(
+        a.reshape(1, b * c_in, *a.shape[2:]),
+        (b * c_out, c_in, *conv.kernel_size),
+        delta.reshape(1, b * c_out, *delta.shape[2:]),
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        groups=b,
+    )
+    return g.view(b, *conv.weight.shape).square_().sum(0)
+
+
+_CONV = {"shifted": _shifted, "unfold": _unfold, "grouped": _grouped}
+
+
+def _conv_method(conv: nn.Conv2d, method: str) -> Callable[..., torch.Tensor]:
+    if method == "shifted" and conv.stride != (1, 1):
+        method = "unfold"
+    return _CONV[method]
+
+
+def _fastest(conv: nn.Conv2d, a: torch.Tensor, delta: torch.Tensor) -> str:
+    """The quickest method for these shapes on this GPU, kept for the process: each is run
+    up to three times (the first a warm-up) and its quickest run counts; one far slower than
+    the best at its first run, or failing (e.g. out of memory), is passed over."""
+    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    key = (a.device, a.dtype, a.shape, a.stride(), delta.shape, delta.stride(), flags,
+           conv.kernel_size, conv.stride, conv.padding, conv.dilation)  # fmt: skip
+    if key in _TUNED:
+        return _TUNED[key]
+    seconds: dict[str, float] = {}
+    for method in CONV_METHODS:
+        if method == "shifted" and conv.stride != (1, 1):
+            continue  # it would be unfold
+        fn = _conv_method(conv, method)
+        runs = []
+        try:
+            for _ in range(3):
+                torch.cuda.synchronize(a.device)
+                start = time.perf_counter()
+                fn(conv, a, delta)
+                torch.cuda.synchronize(a.device)
+                runs.append(time.perf_counter() - start)
+                if runs[0] > 10 * min(seconds.values(), default=float("inf")):
+                    break
+        except RuntimeError:
+            continue
+        seconds[method] = min(runs[1:] or runs)
+    _TUNED[key] = min(seconds, key=seconds.get, default="unfold")
+    return _TUNED[key]
+
+
+def _conv_squares(
+    conv: nn.Conv2d, a: torch.Tensor, delta: torch.Tensor, method: str
+) -> torch.Tensor:
     b, c_out = delta.shape[:2]
-    delta = delta.reshape(b, c_out, -1)
     k = conv.weight[0].numel()
-    locations = delta.shape[2]
-    # Per example: the unfolded input (k·L) and its gradient (c_out·k).
+    locations = delta[0, 0].numel()
+    # Per example: its gradient (C_out·k) and at most its unfolded input (k·L), the largest
+    # of the methods' own tensors.
     per_example = a.element_size() * k * (locations + c_out)
-    chunk = max(1, MEMORY_BUDGET // per_example)
-    total = torch.zeros(c_out, k, dtype=a.dtype, device=a.device)
+    budget = MEMORY_BUDGET
+    if a.device.type == "cuda":
+        budget = max(budget, torch.cuda.mem_get_info(a.device)[0] // 4)
+    chunk = max(1, budget // per_example)
+    if method == "auto":
+        if a.device.type != "cuda":
+            method = "shifted"
+        elif torch.are_deterministic_algorithms_enabled():
+            method = "unfold"
+        else:
+            method = _fastest(conv, a[:chunk], delta[:chunk])
+    fn = _conv_method(conv, method)
+    total = None
     for start in range(0, b, chunk):
-        # Unfold chunk by chunk: the whole batch unfolded is k·L floats per example.
-        cols = F.unfold(
-            a[start : start + chunk],
-            conv.kernel_size,
-            dilation=conv.dilation,
-            padding=conv.padding,
-            stride=conv.stride,
-        )
-        total += _chunked_squares(delta[start : start + chunk], cols, chunk)
-    return total.view_as(conv.weight)
+        part = fn(conv, a[start : start + chunk], delta[start : start + chunk])
+        total = part if total is None else total.add_(part)
+    return total
 
 
 def _linear_squares(a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -102,13 +214,19 @@ def fisher_diagonal(
     data: DeviceData,
     index: torch.Tensor | None = None,
     batch_size: int = 1000,
+    conv_method: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """F̂ = (1/N)·Σₙ g_n² over the examples at `index` (default: all of `data`, unaugmented)
     for the weight of every Conv2d and Linear layer (e.g. 'fc.weight'), in float32.
 
     The model runs in eval mode (restored afterwards), so BatchNorm uses its running
-    statistics and each example's gradient depends on that example alone.
+    statistics and each example's gradient depends on that example alone. `conv_method`:
+    "auto" or one of CONV_METHODS, how conv layers form their per-example gradients.
     """
+    if conv_method != "auto" and conv_method not in CONV_METHODS:
+        raise ValueError(
+            f"fisher: conv_method {conv_method!r}; known: auto, {', '.join(CONV_METHODS)}"
+        )
     layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
     for name, layer in layers.items():
         _check_supported(name, layer)
@@ -154,7 +272,7 @@ def fisher_diagonal(
                     a = seen[name][0][0]
                     layer = layers[name]
                     if isinstance(layer, nn.Conv2d):
-                        squares = _conv_squares(layer, a, delta)
+                        squares = _conv_squares(layer, a, delta, conv_method)
                     else:
                         squares = _linear_squares(a, delta)
                     sums[name] += squares
