@@ -52,7 +52,7 @@ class Seeds:
 
 
 class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; a checkpoint was saved first."""
+    """SIGINT, SIGTERM or SIGUSR2 arrived; a checkpoint was saved first."""
 
     def __init__(self, signum: int, iteration: int) -> None:
         super().__init__(f"interrupted at iteration {iteration}; checkpoint saved")
@@ -362,7 +362,8 @@ class _StopFlag:
 
 @contextlib.contextmanager
 def _signals_to_flag() -> Iterator[_StopFlag]:
-    """Turn SIGINT/SIGTERM into a flag the loop checks, so it can checkpoint first."""
+    """Turn SIGINT/SIGTERM into a flag the loop checks, so it can checkpoint first. Also
+    SIGUSR2: Slurm's and submitit's warning of preemption or of the time limit."""
     flag = _StopFlag()
 
     def handler(signum: int, frame: object) -> None:
@@ -370,7 +371,7 @@ def _signals_to_flag() -> Iterator[_StopFlag]:
 
     previous = {}
     try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
             previous[sig] = signal.signal(sig, handler)
     except ValueError:  # not the main thread: leave signals alone
         pass
