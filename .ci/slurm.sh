@@ -12,6 +12,15 @@ action="${1:-start}"
 DIR="$(realpath -m "${2:-${OPEN_LTH_SLURM_DIR:-/tmp/open_lth_slurm}}")"
 
 stop() {
+    # Jobs first, so that no job step outlives its slurmd.
+    if [[ -f "$DIR/slurm.conf" && -f "$DIR/slurmctld.pid" ]] && kill -0 "$(cat "$DIR/slurmctld.pid")" 2>/dev/null; then
+        export SLURM_CONF="$DIR/slurm.conf"
+        scancel --full --quiet --user=root 2>/dev/null || true
+        for _ in $(seq 100); do
+            [[ -z "$(squeue --noheader --states=RUNNING,COMPLETING,CONFIGURING 2>/dev/null)" ]] && break
+            sleep 0.2
+        done
+    fi
     for daemon in slurmd slurmctld munged; do
         pid_file="$DIR/$daemon.pid"
         [[ -f "$pid_file" ]] || continue

@@ -119,8 +119,8 @@ class RunTask:
         while (code := self.child.poll()) is None:
             time.sleep(0.5)
         if code in STOPPED:
-            print(f"main.py stopped by a signal (exit status {code}); waiting for Slurm to "
-                  "requeue this task", flush=True)  # fmt: skip
+            note = f"main.py stopped by a signal (exit status {code}); waiting to be requeued"
+            print(note, flush=True)
             time.sleep(WAIT_FOR_SLURM_S)
         if code != 0:
             raise RuntimeError(f"main.py exited with status {code}")
@@ -209,7 +209,7 @@ def submit(
                 location=str(location),
                 run=run,
             )
-        print(f"phase {number}: submitted array {arrays[-1]} ({len(jobs)} tasks)"
-              + (f", after {arrays[-2]}" if len(arrays) > 1 else ""), flush=True)  # fmt: skip
+        after = f", after {arrays[-2]}" if len(arrays) > 1 else ""
+        print(f"phase {number}: submitted array {arrays[-1]} ({len(jobs)} tasks){after}")
     print(f"logs under {root / 'slurm' / stamp}; progress: python main.py status --root={root}")
     return arrays

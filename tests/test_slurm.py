@@ -143,6 +143,13 @@ def test_sweep_on_slurm_survives_preemption_and_requeue(slurm, tmp_path: Path) -
         os.environ.clear()
         os.environ.update(env_before)
     assert [s for s, _, _ in rows] == ["done"] * 4, rows
+    while (
+        time.monotonic() < deadline
+        and subprocess.run(
+            ["squeue", "--noheader", "--states=RUNNING,COMPLETING"], env=slurm, capture_output=True
+        ).stdout.strip()
+    ):
+        time.sleep(0.5)  # the tasks end a moment after their run; let the cluster see it
     for r in lotteries:
         log = Path(r["log"]).read_text()
         assert "interrupted at iteration" in log, log[-2000:]
