@@ -1,4 +1,4 @@
-"""Packaging: `pip install -e .` (extras: test, bench, torchvision)."""
+"""Packaging: `pip install -e .` (extras: test, bench, slurm, torchvision)."""
 
 from setuptools import setup
 
@@ -22,6 +22,8 @@ setup(
         "test": ["pytest>=7", "ruff>=0.4"],
         # The conventional PIL + DataLoader baseline of benchmarks/train_speed.py.
         "bench": ["pillow>=9"],
+        # Sweeps on a Slurm cluster: experiments/slurm.py.
+        "slurm": ["submitit>=1.5"],
         "torchvision": ["torchvision"],
     },
 )

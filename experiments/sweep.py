@@ -13,6 +13,14 @@ A study script builds its phases and hands them to `main`, which gives it these 
                        slot i gets CUDA_VISIBLE_DEVICES = GPU i mod #GPUs; on a CPU each
                        gets OMP_NUM_THREADS = cores / N; logs go to <root>/sweep_logs/
     --root, --dataset_root, --platform   passed to every run
+    --executor=local|slurm   local: this machine, as above; slurm: one job array per
+                       phase through submitit, each phase after the last succeeded, with
+                       --slurm_* flags (experiments/slurm.py). With Slurm, --jobs is
+                       refused (use --slurm_array_parallelism); --dry_run and
+                       --print_commands list what would be submitted and submit nothing.
+
+Either executor records job ids (process ids locally) and log paths in
+<root>/sweep_jobs.jsonl; `python main.py status --root=<root>` reads them.
 
 A run whose results exist (summary.json; for a lottery every level's) is skipped;
 one that was interrupted is simply started again and resumes from its checkpoint.
@@ -32,6 +40,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+
+from experiments import slurm, status
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = REPO / "main.py"
@@ -54,6 +64,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
     group.add_argument("--log_dir", help="logs of --jobs>1 (default: <root>/sweep_logs)")
+    group.add_argument("--executor", default="local", help="local (default) or slurm")
+    slurm.add_args(parser)
 
 
 def job_flags(args: argparse.Namespace) -> list[str]:
@@ -178,18 +190,35 @@ def _log_name(index: int, run: Run, location: Path | None) -> str:
 
 
 def run_phase(
-    runs: list[tuple[Run, Path | None]], jobs: int, log_dir: Path | None, start: int = 0
+    runs: list[tuple[Run, Path | None]],
+    jobs: int,
+    log_dir: Path | None,
+    start: int = 0,
+    root: Path | None = None,
 ) -> list[Run]:
     """Run these (sequentially in this terminal, or `jobs` at a time with logs);
-    returns the runs that failed. Ctrl-C stops the children, which checkpoint."""
+    returns the runs that failed. Ctrl-C stops the children, which checkpoint. With a
+    `root`, each start and failure is recorded there for `main.py status`."""
     gpus = gpu_ids()
     failed: list[Run] = []
+
+    def note(location: Path | None, **entry: object) -> None:
+        if root is not None:
+            status.record(root, executor="local", location=str(location), **entry)
+
     if jobs <= 1:
         for i, (run, location) in enumerate(runs):
             print(f"[{start + i + 1}] {shell(run)}", flush=True)
-            code = subprocess.call(command(run), cwd=REPO, env=job_env(0, 1, gpus))
+            process = subprocess.Popen(command(run), cwd=REPO, env=job_env(0, 1, gpus))
+            note(location, job_id=process.pid, log=None, run=run)
+            try:
+                code = process.wait()
+            except KeyboardInterrupt:
+                process.wait()  # Ctrl-C reached the child too: let it checkpoint
+                raise
             if code != 0:
                 print(f"[{start + i + 1}] failed with exit status {code}: {location}", flush=True)
+                note(location, exit=code)
                 failed.append(run)
         return failed
     assert log_dir is not None
@@ -213,9 +242,10 @@ def run_phase(
                 )
                 device = f" on GPU {gpus[slot % len(gpus)]}" if gpus else ""
                 print(f"[{start + i + 1}] started{device}: {location}  (log {log})", flush=True)
-                active[slot] = (process, run, handle, start + i + 1, log)
+                active[slot] = (process, run, handle, start + i + 1, log, location)
+                note(location, job_id=process.pid, log=str(log), run=run)
             time.sleep(0.2)
-            for slot, (process, run, handle, number, log) in list(active.items()):
+            for slot, (process, run, handle, number, log, location) in list(active.items()):
                 code = process.poll()
                 if code is None:
                     continue
@@ -225,6 +255,7 @@ def run_phase(
                 state = "done" if code == 0 else f"FAILED (exit status {code}; see {log})"
                 print(f"[{number}] {state}", flush=True)
                 if code != 0:
+                    note(location, exit=code)
                     failed.append(run)
     except KeyboardInterrupt:
         for process, *_ in active.values():
@@ -236,7 +267,9 @@ def run_phase(
 
 
 def execute(phases: Phases, args: argparse.Namespace) -> int:
-    """Locate every run, then print (--dry_run, --print_commands) or run them."""
+    """Locate every run, then print (--dry_run, --print_commands), run them here, or
+    submit them to Slurm."""
+    on_slurm = getattr(args, "executor", "local") == "slurm"
     located = [[(run, *locate(run)) for run in phase] for phase in phases]
     errors = [(run, error) for phase in located for run, _, error in phase if error]
     total = sum(len(p) for p in phases)
@@ -249,6 +282,7 @@ def execute(phases: Phases, args: argparse.Namespace) -> int:
         return 2 if errors else 0
     count = 0
     failed: list[Run] = []
+    todos: list[list[tuple[Run, Path | None]]] = []  # per phase, for Slurm
     for number, phase in enumerate(located, 1):
         done = [is_done(run, location) for run, location, _ in phase]
         print(
@@ -261,9 +295,15 @@ def execute(phases: Phases, args: argparse.Namespace) -> int:
                 state = "done  " if finished else "to run"
                 where = location if location else f"(cannot locate: {error})"
                 print(f"  {state} {where}\n         {shell(run)}")
+            if on_slurm:
+                print(f"  would submit a job array of {len(phase) - sum(done)} tasks")
             continue
         todo = [(run, location) for (run, location, _), d in zip(phase, done, strict=True) if not d]
-        failed += run_phase(todo, args.jobs, log_dir(args, todo), count)
+        if on_slurm:
+            todos.append(todo)
+            continue
+        root = results_root(args, todo)
+        failed += run_phase(todo, args.jobs, log_dir(args, todo), count, root)
         count += len(phase)
         if failed and number < len(located):
             print(f"phase {number} had failures; the later phases, which need it, did not start")
@@ -271,6 +311,10 @@ def execute(phases: Phases, args: argparse.Namespace) -> int:
     if errors:
         print(f"error: {len(errors)} of {total} runs cannot be located; nothing was run")
         return 2
+    if on_slurm and not args.dry_run:
+        root = results_root(args, [t for todo in todos for t in todo])
+        slurm.submit(todos, args, root)
+        return 0
     if failed:
         print(f"{len(failed)} of {total} runs failed; run the same command again to retry")
         return 1
@@ -284,13 +328,18 @@ def log_dir(args: argparse.Namespace, todo: list[tuple[Run, Path | None]]) -> Pa
         return None
     if args.log_dir:
         return Path(args.log_dir).expanduser()
+    return (results_root(args, todo) or REPO) / "sweep_logs"
+
+
+def results_root(args: argparse.Namespace, todo: list[tuple[Run, Path | None]]) -> Path | None:
+    """--root, else the folder holding the runs' lottery_*/train_* folders."""
     if args.root:
-        return Path(args.root).expanduser() / "sweep_logs"
-    for _, location in todo:  # the results root: the folder holding lottery_*/train_*
+        return Path(args.root).expanduser().resolve()
+    for _, location in todo:
         for folder in location.parents if location else ():
             if folder.name.startswith(("lottery_", "train_")):
-                return folder.parent / "sweep_logs"
-    return REPO / "sweep_logs"
+                return folder.parent
+    return None
 
 
 def main(
@@ -309,4 +358,8 @@ def main(
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be 1 or more, got {args.jobs}")
+    problem = slurm.check(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     return execute(build(args), args)

@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import NoReturn
 
-from open_lth import registries
+from open_lth import distributed, registries
 from open_lth.errors import TrainingDiverged, UserError
 from open_lth.trainer import Interrupted
 
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if distributed.is_primary():  # under torchrun, one line from rank 0
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)

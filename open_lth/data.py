@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from open_lth import registries
+from open_lth import distributed, registries
 from open_lth.errors import UserError
 from open_lth.hparams import DatasetHparams
 
@@ -96,6 +96,12 @@ def load(
         ]
         images, labels = images[keep.sort().values], labels[keep.sort().values]
     augmentation = None if hparams.do_not_augment or not train else dataset.augmentation
+    world = distributed.world_size()
+    if train and hparams.batch_size % world:
+        raise UserError(
+            f"--batch_size {hparams.batch_size} does not split over {world} processes: under "
+            "torchrun the batch size is the global batch, divided evenly among the ranks"
+        )
     if train and len(labels) < hparams.batch_size:
         raise UserError(
             f"--batch_size {hparams.batch_size} is larger than the {len(labels)} training examples"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from open_lth import distributed
 from open_lth.store import atomic_write_text
 
 HEADER = "iteration,name,value\n"
@@ -41,6 +42,8 @@ class MetricLogger:
         self._pending.append(_format(iteration, name, value))
 
     def flush(self) -> None:
+        if not distributed.is_primary():
+            self._pending.clear()  # under torchrun only rank 0 writes
         if self._pending:
             with open(self.path, "a") as f:
                 f.write("".join(self._pending))

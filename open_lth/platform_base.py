@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from open_lth import distributed
 from open_lth.errors import UserError
 
 
@@ -19,7 +20,8 @@ class Platform(abc.ABC):
         self.dataset_root = (
             Path(dataset_root).expanduser() if dataset_root else self.root / "datasets"
         )
-        self.device = resolve_device(device)
+        # Under torchrun: join the process group; a GPU becomes the local rank's.
+        self.device = distributed.join(resolve_device(device))
 
     @staticmethod
     @abc.abstractmethod
@@ -28,11 +30,11 @@ class Platform(abc.ABC):
 
     @property
     def rank(self) -> int:
-        return 0
+        return distributed.rank()
 
     @property
     def world_size(self) -> int:
-        return 1
+        return distributed.world_size()
 
     @property
     def is_primary(self) -> bool:

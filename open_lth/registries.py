@@ -17,6 +17,7 @@ def load_plugins() -> None:
     """Import the packages whose modules fill the registries."""
     import datasets as _datasets  # noqa: F401
     import experiments.report as _report  # noqa: F401
+    import experiments.status as _status  # noqa: F401
     import models as _models  # noqa: F401
     import platforms as _platforms  # noqa: F401
     import pruning as _pruning  # noqa: F401

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from open_lth import distributed
 from open_lth.errors import RunLocked, UserError
 
 # mkstemp creates files readable by the owner only; runs are shared data, so give the
@@ -25,6 +26,8 @@ os.umask(_UMASK)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    if not distributed.is_primary():
+        return  # under torchrun only rank 0 writes
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -87,6 +90,8 @@ class RunLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
+        if not distributed.is_primary():
+            return self  # rank 0 holds the lock for the whole torchrun job
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

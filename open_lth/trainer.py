@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from open_lth import paths
+from open_lth import distributed, paths
 from open_lth.data import DeviceData, derive_seed
 from open_lth.errors import TrainingDiverged
 from open_lth.evaluation import evaluate_copies, uses_channels_last
@@ -52,7 +52,7 @@ class Seeds:
 
 
 class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; a checkpoint was saved first."""
+    """SIGINT, SIGTERM or SIGUSR2 arrived; a checkpoint was saved first."""
 
     def __init__(self, signum: int, iteration: int) -> None:
         super().__init__(f"interrupted at iteration {iteration}; checkpoint saved")
@@ -149,6 +149,7 @@ def train_copies(
     net = models[0] if k == 1 else stack(models).to(device)
     if k > 1 and mask:
         mask = stack_state([mask] * k, net)
+    distributed.broadcast_(mask)  # under torchrun every rank holds rank 0's mask
 
     def per_copy_states() -> list[dict[str, torch.Tensor]]:
         return [net.state_dict()] if k == 1 else unstack_state(net.state_dict(), net)
@@ -162,7 +163,8 @@ def train_copies(
         net = net.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(hparams, list(net.parameters()))
     apply_mask(net, mask)
-    step_net = torch.compile(net) if hparams.compile else net
+    forward_net = distributed.wrap(net, device)  # DDP under torchrun
+    step_net = torch.compile(forward_net) if hparams.compile else forward_net
 
     loggers = [MetricLogger(paths.metrics(c.out)) for c in copies]
     state = _State(device, k)
@@ -177,6 +179,10 @@ def train_copies(
             if "capturable" in group:
                 group["capturable"] = False
         state.load(ckpt)
+        if not distributed.is_primary():  # rank 0 carries the checkpoint's running sums
+            state.loss_sum.zero_()
+            state.correct.zero_()
+            state.seen = 0
         torch.set_rng_state(ckpt["rng_cpu"].cpu())
         resumed_at = state.iteration
         for logger in loggers:
@@ -190,6 +196,7 @@ def train_copies(
                 logger.log(start_iteration, name, value)
 
     def save_checkpoint() -> None:
+        state.seen = distributed.gather_sums([state.loss_sum, state.correct], state.seen)
         _check_finite(state, checkpoint_path)
         optimizer_state = optimizer.state_dict()
         for group in optimizer_state["param_groups"]:  # a graphed step's lr is a tensor
@@ -208,7 +215,9 @@ def train_copies(
         net, step_net, optimizer, _mask_pairs(net, mask), k, hparams.bf16,
         state.loss_sum, state.correct,
     )  # fmt: skip
-    take_step = make_step(parts, options.cuda_graphs, device, type(base_net).__name__)
+    # DDP's gradient all-reduce does not go into a CUDA graph: its steps run eagerly.
+    graphs = "off" if distributed.active() else options.cuda_graphs
+    take_step = make_step(parts, graphs, device, type(base_net).__name__)
 
     generator = torch.Generator(device) if train_data.augmentation else None
     orders: list[torch.Tensor] = []
@@ -222,7 +231,7 @@ def train_copies(
     )
     tick = time.perf_counter()
     net.train()
-    with _signals_to_flag() as stop, bar:
+    with _signals_to_flag() as stop, bar, distributed.sync_batchnorm(net):
         while True:
             it = state.iteration
             # A checkpoint at `it` is written after the evaluation at `it`, so a resumed
@@ -238,12 +247,14 @@ def train_copies(
                 save_weights(it)
             if it == end:
                 break
-            if stop.signum is not None or (it % checkpoint_every == 0 and it != resumed_at):
+            signum = distributed.agree_on_stop(stop.signum, device)  # all ranks stop together
+            if signum is not None or (it % checkpoint_every == 0 and it != resumed_at):
                 state.wall += time.perf_counter() - tick
                 tick = time.perf_counter()
                 save_checkpoint()
-                if stop.signum is not None:
-                    raise Interrupted(stop.signum, it)
+                if signum is not None:
+                    distributed.barrier()  # rank 0 has written the checkpoint
+                    raise Interrupted(signum, it)
 
             epoch = it // ipe
             if epoch != order_epoch:
@@ -258,7 +269,9 @@ def train_copies(
                 xs.append(x)
                 ys.append(y)
             x = xs[0] if k == 1 else torch.cat(xs, dim=1)
-            take_step(x, torch.stack(ys, dim=1), lr_at(it))
+            # Under torchrun the global batch was drawn above; each rank takes its slice.
+            x, y = distributed.shard(x), distributed.shard(torch.stack(ys, dim=1))
+            take_step(x, y, lr_at(it))
             state.steps += 1
             state.seen += len(x)
             state.iteration = it + 1
@@ -267,7 +280,9 @@ def train_copies(
             bar.update(1)
 
     save_weights(end)
-    checkpoint_path.unlink(missing_ok=True)
+    if distributed.is_primary():
+        checkpoint_path.unlink(missing_ok=True)
+    distributed.barrier()  # what the next stage reads is written
 
 
 class _State:
@@ -314,8 +329,10 @@ def _log_eval(
     it = state.iteration
     k = len(loggers)
     if state.steps:
-        # Means over the steps since the last evaluation, on augmented batches.
-        train_loss = (state.loss_sum / state.steps).tolist()
+        # Means over the steps since the last evaluation, on augmented batches; under
+        # torchrun, rank 0 holds the sums of every rank's mean losses.
+        state.seen = distributed.gather_sums([state.loss_sum, state.correct], state.seen)
+        train_loss = (state.loss_sum / (state.steps * distributed.world_size())).tolist()
         train_accuracy = (state.correct.double() / state.seen).tolist()
         state.last_train_loss = train_loss[0]
         for logger, loss, accuracy in zip(loggers, train_loss, train_accuracy, strict=True):
@@ -362,7 +379,8 @@ class _StopFlag:
 
 @contextlib.contextmanager
 def _signals_to_flag() -> Iterator[_StopFlag]:
-    """Turn SIGINT/SIGTERM into a flag the loop checks, so it can checkpoint first."""
+    """Turn SIGINT/SIGTERM into a flag the loop checks, so it can checkpoint first. Also
+    SIGUSR2: Slurm's and submitit's warning of preemption or of the time limit."""
     flag = _StopFlag()
 
     def handler(signum: int, frame: object) -> None:
@@ -370,7 +388,7 @@ def _signals_to_flag() -> Iterator[_StopFlag]:
 
     previous = {}
     try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
             previous[sig] = signal.signal(sig, handler)
     except ValueError:  # not the main thread: leave signals alone
         pass
