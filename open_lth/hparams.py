@@ -204,7 +204,14 @@ class PruningHparams(Hparams):
     pruning_fraction: float = hp(0.2, "fraction of the remaining weights pruned per level")
     pruning_scope: str = hp("global", "global (one threshold) or layerwise (per layer)")
     pruning_layers_to_ignore: str | None = hp(
-        None, "comma-separated weights never pruned, e.g. fc.weight"
+        None,
+        "comma-separated weights never pruned, e.g. fc.weight (gem_miner: none unless given here)",
+    )
+    pruning_count_without_ignored: bool = hp(
+        False,
+        "global pruning: remove the fraction of the surviving weights outside the ignored "
+        "layers (this framework's count before format 2) instead of the fraction of all "
+        "surviving prunable weights (open_lth's sparse_global)",
     )
 
     _name: ClassVar[str] = "Pruning Hyperparameters"
@@ -214,6 +221,14 @@ class PruningHparams(Hparams):
         if not 0 < self.pruning_fraction < 1:
             raise UserError(f"--pruning_fraction must be in (0, 1), got {self.pruning_fraction}")
         _choice(self.pruning_scope, "pruning_scope", ("global", "layerwise"))
+        if self.pruning_count_without_ignored and self.pruning_scope != "global":
+            raise UserError("--pruning_count_without_ignored applies to --pruning_scope=global")
+
+    @property
+    def ignored(self) -> list[str]:
+        """--pruning_layers_to_ignore as a list."""
+        text = self.pruning_layers_to_ignore
+        return [n.strip() for n in text.split(",") if n.strip()] if text else []
 
 
 @dataclass

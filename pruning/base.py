@@ -18,4 +18,11 @@ class ScoreStrategy(Strategy):
     def prune(self, ctx: PruneContext, ignore: list[str]) -> Mask:
         scores = self.score(ctx)
         p = ctx.pruning
-        return select(scores, ctx.mask, p.pruning_fraction, p.pruning_scope, ignore)
+        return select(
+            scores,
+            ctx.mask,
+            p.pruning_fraction,
+            p.pruning_scope,
+            ignore,
+            count_ignored=not p.pruning_count_without_ignored,
+        )
