@@ -152,12 +152,18 @@ class ModelHparams(Hparams):
     model_name: str = hp(help="the model, e.g. mnist_lenet_300_100 or cifar_resnet_20")
     model_init: str = hp(help="initializer of conv and linear weights, e.g. kaiming_normal")
     batchnorm_init: str = hp(help="initializer of BatchNorm weights: uniform or fixed")
+    bias_init: str = hp(
+        "zeros",
+        "conv and linear biases: zeros, or pytorch (PyTorch's default U(±1/√fan_in), which "
+        "open_lth leaves in place)",
+    )
 
     _name: ClassVar[str] = "Model Hyperparameters"
     _description: ClassVar[str] = "The architecture and its initialization."
 
     def validate(self) -> None:
         _choice(self.batchnorm_init, "batchnorm_init", ("uniform", "fixed"))
+        _choice(self.bias_init, "bias_init", ("zeros", "pytorch"))
 
 
 @dataclass
