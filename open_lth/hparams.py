@@ -32,6 +32,30 @@ def _base_type(annotation: Any) -> type:
     return args[0] if args else annotation
 
 
+_GIVEN = "_hparams_given_on_the_command_line"
+
+
+class _Given(argparse.Action):
+    """`store`, remembering that the flag was on the command line (a default of the
+    model may not apply to every choice: see `given`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        setattr(namespace, self.dest, values)
+        given(namespace).add(self.dest)
+
+
+class _GivenTrue(_Given):
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        super().__call__(parser, namespace, True, option_string)
+
+
+def given(args: argparse.Namespace) -> set[str]:
+    """The hparams (by field name) that were set on the command line."""
+    if not hasattr(args, _GIVEN):
+        setattr(args, _GIVEN, set())
+    return getattr(args, _GIVEN)
+
+
 @dataclass
 class Hparams:
     """Base class: a group of hyperparameters with generated flags."""
@@ -69,12 +93,15 @@ class Hparams:
             helptext = f.metadata.get("help", "")
             default = getattr(defaults, f.name) if defaults is not None else f.default
             if types[f.name] is bool:
-                group.add_argument(flag, action="store_true", default=bool(default), help=helptext)
+                group.add_argument(
+                    flag, action=_GivenTrue, nargs=0, default=bool(default), help=helptext
+                )
                 continue
             required = default is MISSING
             shown = "required" if required else f"default: {default}"
             group.add_argument(
                 flag,
+                action=_Given,
                 type=types[f.name],
                 default=None if required else default,
                 required=required,
