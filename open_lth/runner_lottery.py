@@ -15,7 +15,7 @@ from open_lth.errors import UserError
 from open_lth.evaluation import evaluate
 from open_lth.hparams import DefaultHparams
 from open_lth.job import Job, add_job_args, create_job
-from open_lth.lottery import Levels, level_dir
+from open_lth.lottery import Levels, check_format, level_dir
 from open_lth.lottery_desc import LotteryDesc
 from open_lth.runner_base import Runner
 from open_lth.store import RunLock
@@ -59,6 +59,7 @@ class LotteryRunner(Runner):
 
     def run(self) -> None:
         out = self.output_location
+        check_format(self.desc, out)
         if self.summary:
             print(summary_table(out))
             return
@@ -83,13 +84,14 @@ class LotteryRunner(Runner):
         out = level_dir(levels.replicate_dir, level)
         if stage.is_done(out):
             return
+        # First, so that the folder records the rules (format) it is made under.
+        self.desc.save(out)
         device = self.job.platform.device
         mask = levels.mask(level)
         model, start = levels.starting_model(level)
         model.to(device)
         apply_mask(model, mask)
         _, supermask = evaluate(model, levels.data.test, bf16=self.desc.training.bf16)
-        self.desc.save(out)
         seeds = stage.default_seeds(self.desc.training, self.job.replicate)
         rewind = levels.rewind
         stage.run_stage(
