@@ -8,17 +8,25 @@ surviving weights start. The lottery runner and the branches share these.
     weights_it<end>.pt      the trained weights; with level L+1's mask they give the
                             magnitudes of what level L+1 pruned
     metrics.csv, summary.json, hparams.json/txt   as for `train`, plus the supermask
-                            accuracy (the masked, untrained network) at the first step
+                            accuracy at the first step: the masked network before
+                            training (untrained, except at the levels past 0 of a
+                            rewinding run, where it holds the dense run's step-k
+                            weights); with BatchNorm also with re-estimated statistics
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from open_lth import formats, masks, paths, registries
 from open_lth.data import derive_seed
 from open_lth.errors import UserError
+from open_lth.evaluation import evaluate
+from open_lth.interpolation import recompute_bn_stats
 from open_lth.lottery_desc import LotteryDesc
 from open_lth.model_base import Model, build_model
 from open_lth.stage import Data, load_weights
@@ -125,6 +133,25 @@ class Levels:
         if level > 0:
             load_weights(model, paths.weights(level_dir(self.replicate_dir, 0), start))
         return model, start
+
+
+def has_batchnorm(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def supermask_metrics(model: Model, data: Data, bf16: bool = False) -> dict[str, float]:
+    """The test accuracy of the masked network before training (`model`, on the device,
+    with its mask applied): with the BatchNorm running statistics it holds (after a
+    reset: mean 0, variance 1, which normalize nothing) and, for a model with
+    BatchNorm, with them re-estimated for the masked network on the unaugmented
+    training data, on a copy, so that `model` (saved and trained next) is untouched."""
+    _, accuracy = evaluate(model, data.test, bf16=bf16)
+    metrics = {"supermask_test_accuracy": accuracy}
+    if has_batchnorm(model):
+        net = copy.deepcopy(model)
+        recompute_bn_stats(net, data.train, 1, data.batch_size)
+        _, metrics["supermask_test_accuracy_bn_recomputed"] = evaluate(net, data.test, bf16=bf16)
+    return metrics
 
 
 def existing_levels(replicate_dir: Path) -> list[int]:
