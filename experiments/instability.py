@@ -12,6 +12,10 @@ them already skips them. Phase 2 runs `main.py lottery_branch instability`:
   * instability vs the step k the copies start from, on the dense network (level 0)
     of the magnitude run: LeNet k = 25..2000, ResNet-20 k = 100..5000 iterations.
 
+  * Gem-Miner on ResNet-20 (the study's Figure 10a): the mask found at initialization
+    at 16.8% (--target_density=0.16777216, every layer scored, the published search),
+    trained like a lottery level; its level 1 with k = 0.
+
 Every branch: --noise_seeds=1,2 --interpolation_points=30, and for ResNet-20
 --bn_stats=interpolate (LeNet has no BatchNorm); k = 0 is the default, not a flag.
 
@@ -20,7 +24,8 @@ Every branch: --noise_seeds=1,2 --interpolation_points=30, and for ResNet-20
 
 --quick: the quick LeNet and ResNet-20 lotteries of the two studies, branches at
 levels 0 and 2 (LeNet) or 0 and 1 (ResNet-20), k in {50, 100} (LeNet) and {5}
-(ResNet-20), 11 interpolation points.
+(ResNet-20), 11 interpolation points; Gem-Miner with a 6-step search pruning after
+steps 3 and 5 (--gem_miner_steps=6it --gem_miner_prune_every=2it).
 """
 
 from __future__ import annotations
@@ -44,7 +49,9 @@ QUICK = {
     "lenet": {"levels": "0,2", "ks": [50, 100]},
     "resnet": {"levels": "0,1", "ks": [5]},
     "points": 11,
+    "gem_miner": ["--gem_miner_steps=6it", "--gem_miner_prune_every=2it"],
 }
+GEM_MINER_DENSITY = "0.16777216"  # 0.8^8, the study's 16.8%
 STRATEGIES = ("magnitude", "fisher")
 BRANCH_FLAGS = (
     "--noise_seeds=",
@@ -82,6 +89,16 @@ def branch(lottery: sweep.Run, levels: str, k: int, points: int, bn: bool) -> sw
     return run
 
 
+def gem_miner_run(study_args: argparse.Namespace, replicate: int, search: list[str]) -> sweep.Run:
+    """The ResNet-20 study's lottery command with Gem-Miner's mask at 16.8%: IMP's
+    pruning flags (the fraction, the scope, fc.weight ignored) give way to the target
+    density, and every layer is scored, as published."""
+    base = resnet.lottery_run(study_args, "gem_miner", [], replicate)
+    imp_only = ("--pruning_fraction=", "--pruning_scope=", "--pruning_layers_to_ignore=")
+    run = [a for a in base if not a.startswith((*imp_only, "--levels="))]
+    return [*run, f"--target_density={GEM_MINER_DENSITY}", *search, "--levels=1"]
+
+
 def build(args: argparse.Namespace) -> sweep.Phases:
     plan = QUICK if args.quick else FULL
     lotteries: list[sweep.Run] = []
@@ -104,6 +121,11 @@ def build(args: argparse.Namespace) -> sweep.Phases:
                 if strategy == "magnitude":
                     for k in plan[model]["ks"]:
                         branches.append(branch(run, "0", k, plan["points"], bn))
+        if model == "resnet":
+            for replicate in range(1, replicates + 1):
+                run = gem_miner_run(study_args, replicate, plan.get("gem_miner", []))
+                lotteries.append(run)
+                branches.append(branch(run, "1", 0, plan["points"], True))
     return [lotteries, branches]
 
 

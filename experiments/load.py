@@ -55,6 +55,8 @@ SUMMARY_KEYS = [
     "final_test_loss",
     "wall_seconds",
     "supermask_test_accuracy",
+    "supermask_test_accuracy_bn_recomputed",
+    "start_iteration",
 ]
 INSTABILITY_FILES = ("curve.csv", "instability.json", "copy_1", "copy_2", "trunk")
 _HASHED = re.compile(r"^(?P<name>.+)_(?P<hash>[0-9a-f]{32})$")
@@ -247,6 +249,8 @@ def _branch_rows(level_dir: Path, base: dict) -> list[dict]:
         else:
             row = _main_stage(row, stage, child / "hparams.json")
             row["_own_density"] = _density(stage)[0]
+            if _missing(row.get("start_iteration")) and hp and "start_iteration" in hp:
+                row["start_iteration"] = float(hp["start_iteration"])
         row.update(flatten(hp))
         rows.append(row)
     return rows
@@ -259,8 +263,11 @@ def _iterations(step: object) -> float:
 
 def _branch_start(hp: dict | None, row: dict) -> float:
     """The step k an instability branch's copies start from, before its
-    instability.json says it: --branch_rewinding_steps, else the level's own start
-    (0, or the lottery's rewinding step at levels past 0)."""
+    instability.json says it: the start_iteration its hparams.json records (from
+    format 2); in older folders --branch_rewinding_steps, else the level's own start
+    (0, or the lottery's rewinding step at levels past 0), where they are in `it`."""
+    if isinstance((hp or {}).get("start_iteration"), int):
+        return float(hp["start_iteration"])
     k = (hp or {}).get("branch", {}).get("branch_rewinding_steps")
     if k:
         return _iterations(k)

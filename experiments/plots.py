@@ -8,7 +8,7 @@ mean ± one standard deviation.
     pruned_weights_histogram(load.pruned_weights(...))   Figure 1: |w| of what was pruned
     accuracy_vs_sparsity(runs)                           Figure 2/5: accuracy vs % remaining
     error_vs_iteration(metrics)                          Figure 3/6: test error while training
-    supermask_vs_sparsity(runs)                          Figure 4/7: untrained masked accuracy
+    supermask_vs_sparsity(runs)                          Figure 4/7: masked accuracy before training
     layerwise_sparsity_table(sparsity) + table_markdown / table_latex   Table 2
     interpolation_plot(curves)                           Figure 9/10: error along the path
     instability_vs_k(barriers)                           instability vs rewinding step k
@@ -152,12 +152,26 @@ def accuracy_vs_sparsity(
 ) -> Figure:
     """`metric` of each finished lottery level against the % of weights remaining (log,
     reversed), one line per strategy and start mode (random in grey)."""
-    df = runs_df[(runs_df["kind"] == "lottery") & (runs_df["status"] == "done")]
-    df = df[df[metric].notna()] if metric in df else df.iloc[0:0]
+    df = _finished(runs_df, metric)
     if df.empty:
         raise ValueError(f"no finished lottery level has {metric}")
     fig = new_figure()
     ax = fig.add_subplot()
+    _draw(ax, df, metric)
+    _percent_axis(ax, df["remaining_pct"])
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(title if title is not None else _title(df), fontsize="medium")
+    return fig
+
+
+def _finished(runs_df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    df = runs_df[(runs_df["kind"] == "lottery") & (runs_df["status"] == "done")]
+    return df[df[metric].notna()] if metric in df else df.iloc[0:0]
+
+
+def _draw(ax, df: pd.DataFrame, metric: str, suffix: str = "", **extra) -> None:  # noqa: ANN001
     labels = run_labels(df)
     for run in ordered_runs(df):
         g = df[df["run"] == run]
@@ -167,26 +181,40 @@ def accuracy_vs_sparsity(
         first = g.iloc[0]
         style = {"color": strategy_color(first["strategy"])}
         style["linestyle"] = START_STYLES.get(first["start_mode"], "-.")
-        band(ax, stats["x"], stats["y"], stats["s"], labels[run], **style)
-    _percent_axis(ax, df["remaining_pct"])
-    ax.set_ylabel(ylabel)
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize="small")
-    ax.set_title(title if title is not None else _title(df), fontsize="medium")
-    return fig
+        band(ax, stats["x"], stats["y"], stats["s"], labels[run] + suffix, **style | extra)
+
+
+SUPERMASK_BN = "supermask_test_accuracy_bn_recomputed"
 
 
 def supermask_vs_sparsity(runs_df: pd.DataFrame, title: str | None = None) -> Figure:
-    """Accuracy of the masked, untrained network at each level's start (supermasks)."""
-    fig = accuracy_vs_sparsity(
-        runs_df, "supermask_test_accuracy", "supermask test accuracy (untrained)", title
-    )
-    ax = fig.axes[0]
+    """Accuracy of the masked network before training at each level (supermasks):
+    with the BatchNorm statistics it holds (filled markers) and, for models with
+    BatchNorm, re-estimated for the masked network (hollow squares). At the levels past
+    0 of a rewound run the weights are the dense run's step-k weights, not untrained
+    ones, and the legend says so."""
+    metric = "supermask_test_accuracy"
+    df = _finished(runs_df, metric)
+    if df.empty:
+        raise ValueError(f"no finished lottery level has {metric}")
+    df = df.copy()
+    rewound = df["start_mode"] == "rewind"
+    df.loc[rewound, "start"] = df.loc[rewound, "start"] + ": step-k weights"
+    fig = new_figure()
+    ax = fig.add_subplot()
+    _draw(ax, df, metric)
+    bn = _finished(df, SUPERMASK_BN)
+    if not bn.empty:
+        _draw(ax, bn, SUPERMASK_BN, ", BN re-estimated", marker="s", mfc="none", alpha=0.8)
+    _percent_axis(ax, df["remaining_pct"])
+    ax.set_ylabel("supermask test accuracy (masked, before training)")
+    ax.grid(True, which="major", alpha=0.3)
     datasets = runs_df.get("dataset.dataset_name", pd.Series(dtype=object)).dropna().unique()
     chance = {CHANCE[d] for d in datasets if d in CHANCE}
     if len(chance) == 1:
         ax.axhline(chance.pop(), color="k", lw=0.8, ls=":", label="chance")
-        ax.legend(fontsize="small")
+    ax.legend(fontsize="small")
+    ax.set_title(title if title is not None else _title(df), fontsize="medium")
     return fig
 
 

@@ -117,7 +117,9 @@ class Report:
             )
         figure(
             "fig4_supermask_vs_sparsity",
-            "Figure 4: supermask accuracy vs % of weights remaining",
+            "Figure 4: supermask accuracy (the masked network before training; with "
+            "BatchNorm also with re-estimated statistics; rewound runs: the step-k weights, "
+            "not untrained) vs % of weights remaining",
             lambda: plots.supermask_vs_sparsity(lottery),
         )
         lines += self.tables(setting, folder, lottery, sparsity, barriers)

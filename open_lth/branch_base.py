@@ -35,6 +35,16 @@ class Branch(abc.ABC):
     def check(self, ctx: BranchContext) -> None:  # noqa: B027 - most branches need no check
         """Raise UserError on values that need the data or the level; nothing is written."""
 
+    def start_iteration(self, ctx: BranchContext) -> int:
+        """The step the branch's training starts at (recorded in its hparams.json when it
+        starts): by default the level's own start, 0 or the rewinding step k."""
+        return ctx.levels.start_iteration(ctx.level)
+
+    def changed_since(self, made: int, ctx: BranchContext) -> str | None:
+        """What a folder of this branch made under the rules of format `made` computed
+        differently, or None if nothing (see open_lth.formats)."""
+        return None
+
     @abc.abstractmethod
     def is_done(self, out: Path) -> bool: ...
 

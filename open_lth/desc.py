@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
+from open_lth import formats
 from open_lth.hparams import DefaultHparams, Hparams
 from open_lth.store import atomic_write_json, atomic_write_text
 
@@ -60,8 +61,10 @@ class Desc:
         return "\n".join(group.display() for group in self.groups())
 
     def save(self, directory: Path) -> None:
-        """hparams.json (the source of truth) and hparams.txt (for people)."""
-        atomic_write_json(Path(directory) / "hparams.json", self.to_dict())
+        """hparams.json (the source of truth, with the format of the rules the folder
+        is made under) and hparams.txt (for people)."""
+        record = {**self.to_dict(), formats.KEY: formats.FORMAT}
+        atomic_write_json(Path(directory) / "hparams.json", record)
         atomic_write_text(Path(directory) / "hparams.txt", self.display() + "\n")
 
 

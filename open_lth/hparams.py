@@ -32,6 +32,30 @@ def _base_type(annotation: Any) -> type:
     return args[0] if args else annotation
 
 
+_GIVEN = "_hparams_given_on_the_command_line"
+
+
+class _Given(argparse.Action):
+    """`store`, remembering that the flag was on the command line (a default of the
+    model may not apply to every choice: see `given`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        setattr(namespace, self.dest, values)
+        given(namespace).add(self.dest)
+
+
+class _GivenTrue(_Given):
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        super().__call__(parser, namespace, True, option_string)
+
+
+def given(args: argparse.Namespace) -> set[str]:
+    """The hparams (by field name) that were set on the command line."""
+    if not hasattr(args, _GIVEN):
+        setattr(args, _GIVEN, set())
+    return getattr(args, _GIVEN)
+
+
 @dataclass
 class Hparams:
     """Base class: a group of hyperparameters with generated flags."""
@@ -69,12 +93,15 @@ class Hparams:
             helptext = f.metadata.get("help", "")
             default = getattr(defaults, f.name) if defaults is not None else f.default
             if types[f.name] is bool:
-                group.add_argument(flag, action="store_true", default=bool(default), help=helptext)
+                group.add_argument(
+                    flag, action=_GivenTrue, nargs=0, default=bool(default), help=helptext
+                )
                 continue
             required = default is MISSING
             shown = "required" if required else f"default: {default}"
             group.add_argument(
                 flag,
+                action=_Given,
                 type=types[f.name],
                 default=None if required else default,
                 required=required,
@@ -152,12 +179,18 @@ class ModelHparams(Hparams):
     model_name: str = hp(help="the model, e.g. mnist_lenet_300_100 or cifar_resnet_20")
     model_init: str = hp(help="initializer of conv and linear weights, e.g. kaiming_normal")
     batchnorm_init: str = hp(help="initializer of BatchNorm weights: uniform or fixed")
+    bias_init: str = hp(
+        "zeros",
+        "conv and linear biases: zeros, or pytorch (PyTorch's default U(±1/√fan_in), which "
+        "open_lth leaves in place)",
+    )
 
     _name: ClassVar[str] = "Model Hyperparameters"
     _description: ClassVar[str] = "The architecture and its initialization."
 
     def validate(self) -> None:
         _choice(self.batchnorm_init, "batchnorm_init", ("uniform", "fixed"))
+        _choice(self.bias_init, "bias_init", ("zeros", "pytorch"))
 
 
 @dataclass
@@ -204,7 +237,14 @@ class PruningHparams(Hparams):
     pruning_fraction: float = hp(0.2, "fraction of the remaining weights pruned per level")
     pruning_scope: str = hp("global", "global (one threshold) or layerwise (per layer)")
     pruning_layers_to_ignore: str | None = hp(
-        None, "comma-separated weights never pruned, e.g. fc.weight"
+        None,
+        "comma-separated weights never pruned, e.g. fc.weight (gem_miner: none unless given here)",
+    )
+    pruning_count_without_ignored: bool = hp(
+        False,
+        "global pruning: remove the fraction of the surviving weights outside the ignored "
+        "layers (this framework's count before format 2) instead of the fraction of all "
+        "surviving prunable weights (open_lth's sparse_global)",
     )
 
     _name: ClassVar[str] = "Pruning Hyperparameters"
@@ -214,6 +254,14 @@ class PruningHparams(Hparams):
         if not 0 < self.pruning_fraction < 1:
             raise UserError(f"--pruning_fraction must be in (0, 1), got {self.pruning_fraction}")
         _choice(self.pruning_scope, "pruning_scope", ("global", "layerwise"))
+        if self.pruning_count_without_ignored and self.pruning_scope != "global":
+            raise UserError("--pruning_count_without_ignored applies to --pruning_scope=global")
+
+    @property
+    def ignored(self) -> list[str]:
+        """--pruning_layers_to_ignore as a list."""
+        text = self.pruning_layers_to_ignore
+        return [n.strip() for n in text.split(",") if n.strip()] if text else []
 
 
 @dataclass

@@ -8,22 +8,30 @@ surviving weights start. The lottery runner and the branches share these.
     weights_it<end>.pt      the trained weights; with level L+1's mask they give the
                             magnitudes of what level L+1 pruned
     metrics.csv, summary.json, hparams.json/txt   as for `train`, plus the supermask
-                            accuracy (the masked, untrained network) at the first step
+                            accuracy at the first step: the masked network before
+                            training (untrained, except at the levels past 0 of a
+                            rewinding run, where it holds the dense run's step-k
+                            weights); with BatchNorm also with re-estimated statistics
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
-from open_lth import masks, paths, registries
+import torch
+
+from open_lth import formats, masks, paths, registries
 from open_lth.data import derive_seed
 from open_lth.errors import UserError
+from open_lth.evaluation import evaluate
+from open_lth.interpolation import recompute_bn_stats
 from open_lth.lottery_desc import LotteryDesc
 from open_lth.model_base import Model, build_model
 from open_lth.stage import Data, load_weights
 from open_lth.store import atomic_write_json
-from open_lth.strategy_base import Mask, PruneContext
+from open_lth.strategy_base import Mask, PruneContext, Strategy
 
 
 def level_dir(replicate_dir: Path, level: int) -> Path:
@@ -51,8 +59,17 @@ class Levels:
 
     @property
     def ignored(self) -> list[str]:
-        text = self.desc.pruning.pruning_layers_to_ignore
-        return [n.strip() for n in text.split(",") if n.strip()] if text else []
+        return self.desc.pruning.ignored
+
+    def strategy(self) -> Strategy:
+        return registries.strategies.get(self.desc.pruning.pruning_strategy)(self.desc.strategy)
+
+    def start_iteration(self, level: int) -> int:
+        """Where the level's training starts: k for the levels past 0 of a rewinding
+        run, else 0."""
+        if level == 0 or self.desc.lottery.reinitialize:
+            return 0
+        return self.rewind
 
     def new_model(self, seed: int | None = None) -> Model:
         seed = self.replicate if seed is None else seed
@@ -71,6 +88,7 @@ class Levels:
                 f"--rewinding_steps {self.desc.lottery.rewinding_steps} is not before the end "
                 f"of training ({self.desc.training.training_steps} = {self.end}it)"
             )
+        self.strategy().check(model, self.ignored, self.data.iterations_per_epoch)
 
     def mask(self, level: int) -> Mask:
         """The level's mask, made (and saved with its report) the first time it is asked
@@ -99,8 +117,7 @@ class Levels:
                 workdir=path.parent,
                 quiet=self.quiet,
             )
-            strategy = registries.strategies.get(p.pruning_strategy)(self.desc.strategy)
-            mask = strategy.prune(ctx, self.ignored)
+            mask = self.strategy().prune(ctx, self.ignored)
         masks.save(mask, path)
         report = masks.report(mask, self.ignored)
         atomic_write_json(path.parent / "sparsity_report.json", report)
@@ -112,7 +129,50 @@ class Levels:
         if level > 0 and self.desc.lottery.reinitialize:
             return self.new_model(seed=derive_seed("reinit", self.replicate, level)), 0
         model = self.new_model()
-        start = self.rewind if level > 0 else 0
+        start = self.start_iteration(level)
         if level > 0:
             load_weights(model, paths.weights(level_dir(self.replicate_dir, 0), start))
         return model, start
+
+
+def has_batchnorm(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def supermask_metrics(model: Model, data: Data, bf16: bool = False) -> dict[str, float]:
+    """The test accuracy of the masked network before training (`model`, on the device,
+    with its mask applied): with the BatchNorm running statistics it holds (after a
+    reset: mean 0, variance 1, which normalize nothing) and, for a model with
+    BatchNorm, with them re-estimated for the masked network on the unaugmented
+    training data, on a copy, so that `model` (saved and trained next) is untouched."""
+    _, accuracy = evaluate(model, data.test, bf16=bf16)
+    metrics = {"supermask_test_accuracy": accuracy}
+    if has_batchnorm(model):
+        net = copy.deepcopy(model)
+        recompute_bn_stats(net, data.train, 1, data.batch_size)
+        _, metrics["supermask_test_accuracy_bn_recomputed"] = evaluate(net, data.test, bf16=bf16)
+    return metrics
+
+
+def existing_levels(replicate_dir: Path) -> list[int]:
+    found = []
+    for child in Path(replicate_dir).glob("level_*"):
+        suffix = child.name.removeprefix("level_")
+        if child.is_dir() and suffix.isdigit():
+            found.append(int(suffix))
+    return sorted(found)
+
+
+def check_format(desc: LotteryDesc, replicate_dir: Path) -> None:
+    """Refuse a replicate with a pruned level made under rules that changed what this
+    description computes (see open_lth.formats). Level 0, the dense run, is the same
+    under every format."""
+    strategy = registries.strategies.get(desc.pruning.pruning_strategy)
+    for level in existing_levels(replicate_dir):
+        out = level_dir(replicate_dir, level)
+        made = formats.of(out)
+        if level == 0 or made is None or made >= formats.FORMAT:
+            continue
+        what = strategy.changed_since(made, desc.pruning)
+        if what:
+            raise formats.refuse(out, made, what)

@@ -9,6 +9,7 @@ strategy that gains its first hparam renames no existing run."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -23,6 +24,7 @@ from open_lth.hparams import (
     ModelHparams,
     PruningHparams,
     TrainingHparams,
+    given,
 )
 
 
@@ -71,6 +73,11 @@ class LotteryDesc(Desc):
                 raise UserError(f"{flags} applies to --pruning_strategy={name}, not {chosen}")
         if strategy.hparams_type is not None:
             desc.strategy = strategy.hparams_type.create_from_args(args)
+        if not strategy.uses_model_ignore_list and "pruning_layers_to_ignore" not in given(args):
+            # The model's default ignore list (ResNet's fc.weight) is for IMP; this
+            # strategy prunes every layer unless told otherwise, and the description
+            # (hparams.json, the run name) records what it does.
+            desc.pruning = dataclasses.replace(desc.pruning, pruning_layers_to_ignore=None)
         return desc
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

@@ -70,7 +70,8 @@ def build_model(hparams: ModelHparams, outputs: int | None = None, seed: int = 0
         for module in model.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 initializer(module.weight)
-                if module.bias is not None:
+                # "pytorch" keeps the biases the constructor drew from the seeded RNG.
+                if module.bias is not None and hparams.bias_init == "zeros":
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
                 if hparams.batchnorm_init == "uniform":

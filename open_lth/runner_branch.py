@@ -8,12 +8,12 @@ import hashlib
 from pathlib import Path
 from typing import ClassVar
 
-from open_lth import registries, stage
+from open_lth import formats, registries, stage
 from open_lth.branch_base import Branch, BranchContext
 from open_lth.errors import UserError
 from open_lth.hparams import DefaultHparams
 from open_lth.job import Job, add_job_args, create_job
-from open_lth.lottery import Levels, level_dir
+from open_lth.lottery import Levels, check_format, level_dir
 from open_lth.lottery_desc import LotteryDesc
 from open_lth.runner_base import Runner
 from open_lth.runner_lottery import check_names
@@ -108,6 +108,7 @@ class BranchRunner(Runner):
                 f"level {missing[0]} of {self.replicate_dir} is not trained yet; run the lottery "
                 f"first: python main.py lottery <the same flags> --levels={max(self.levels)}"
             )
+        check_format(self.desc, self.replicate_dir)
         data = stage.load_data(self.desc.dataset, self.job)
         levels = Levels(
             self.desc, self.job.replicate, self.replicate_dir, data, self.job.options.quiet
@@ -115,6 +116,11 @@ class BranchRunner(Runner):
         contexts = [BranchContext(levels, L, self.branch_dir(L), self.job) for L in self.levels]
         for ctx in contexts:
             self.branch.check(ctx)
+            made = formats.of(ctx.out)
+            if made is not None and made < formats.FORMAT:
+                what = self.branch.changed_since(made, ctx)
+                if what:
+                    raise formats.refuse(ctx.out, made, what)
         for ctx in contexts:
             if self.branch.is_done(ctx.out):
                 print(f"level {ctx.level}: already finished; results in {ctx.out}")
@@ -126,6 +132,10 @@ class BranchRunner(Runner):
                     "lottery": self.desc.to_dict(),
                     "level": ctx.level,
                     "replicate": self.job.replicate,
+                    # In iterations, whatever unit the flags used: a loader knows k for
+                    # a branch still running.
+                    "start_iteration": self.branch.start_iteration(ctx),
+                    formats.KEY: formats.FORMAT,
                 }
                 atomic_write_json(ctx.out / "hparams.json", record)
                 line = self.branch.run(ctx)

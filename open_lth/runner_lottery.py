@@ -12,10 +12,9 @@ from pathlib import Path
 
 from open_lth import registries, stage
 from open_lth.errors import UserError
-from open_lth.evaluation import evaluate
 from open_lth.hparams import DefaultHparams
 from open_lth.job import Job, add_job_args, create_job
-from open_lth.lottery import Levels, level_dir
+from open_lth.lottery import Levels, check_format, level_dir, supermask_metrics
 from open_lth.lottery_desc import LotteryDesc
 from open_lth.runner_base import Runner
 from open_lth.store import RunLock
@@ -59,6 +58,7 @@ class LotteryRunner(Runner):
 
     def run(self) -> None:
         out = self.output_location
+        check_format(self.desc, out)
         if self.summary:
             print(summary_table(out))
             return
@@ -83,13 +83,14 @@ class LotteryRunner(Runner):
         out = level_dir(levels.replicate_dir, level)
         if stage.is_done(out):
             return
+        # First, so that the folder records the rules (format) it is made under.
+        self.desc.save(out)
         device = self.job.platform.device
         mask = levels.mask(level)
         model, start = levels.starting_model(level)
         model.to(device)
         apply_mask(model, mask)
-        _, supermask = evaluate(model, levels.data.test, bf16=self.desc.training.bf16)
-        self.desc.save(out)
+        supermask = supermask_metrics(model, levels.data, self.desc.training.bf16)
         seeds = stage.default_seeds(self.desc.training, self.job.replicate)
         rewind = levels.rewind
         stage.run_stage(
@@ -102,7 +103,7 @@ class LotteryRunner(Runner):
             mask=mask,
             start_iteration=start,
             save_iterations=(rewind,) if level == 0 and rewind else (),
-            start_metrics={"supermask_test_accuracy": supermask},
+            start_metrics=supermask,
         )
         if not self.job.options.quiet:
             done = stage.read_summary(out)
@@ -116,20 +117,40 @@ def check_names(desc: LotteryDesc) -> None:
 
 
 def summary_table(replicate_dir: Path) -> str:
-    """Level, % of weights remaining, best and final test accuracy, supermask accuracy."""
-    lines = [f"{'level':>5} {'remaining %':>12} {'best acc':>9} {'final acc':>9} {'supermask':>9}"]
+    """Level, % of weights remaining, best and final test accuracy, supermask accuracy
+    (with re-estimated BatchNorm statistics too where the model has BatchNorm)."""
+    rows, bn, rewound = [], False, set()
     level = 0
     while (level_dir(replicate_dir, level) / "sparsity_report.json").exists():
         out = level_dir(replicate_dir, level)
         density = json.loads((out / "sparsity_report.json").read_text())["density"]
-        if stage.is_done(out):
-            s = stage.read_summary(out)
-            accs = [s["best_test_accuracy"], s["final_test_accuracy"], s["supermask_test_accuracy"]]
-            cells = " ".join(f"{a:>9.4f}" for a in accs)
-        else:
-            cells = f"{'(not finished)':>29}"
-        lines.append(f"{level:>5} {100 * density:>12.2f} {cells}")
+        s = stage.read_summary(out) if stage.is_done(out) else None
+        if s is not None:
+            bn |= "supermask_test_accuracy_bn_recomputed" in s
+            if s.get("start_iteration"):
+                rewound.add(s["start_iteration"])
+        rows.append((level, density, s))
         level += 1
     if level == 0:
         return f"no levels yet in {replicate_dir}"
+    keys = ["best_test_accuracy", "final_test_accuracy", "supermask_test_accuracy"]
+    header = f"{'level':>5} {'remaining %':>12} {'best acc':>9} {'final acc':>9} {'supermask':>9}"
+    if bn:
+        keys.append("supermask_test_accuracy_bn_recomputed")
+        header += f" {'supermask (BN re-estimated)':>27}"
+    lines = [header]
+    for level, density, s in rows:
+        if s is None:
+            cells = f"{'(not finished)':>29}"
+        else:
+            cells = " ".join(f"{s.get(k, float('nan')):>9.4f}" for k in keys[:3])
+            if bn:
+                cells += f" {s.get(keys[3], float('nan')):>27.4f}"
+        lines.append(f"{level:>5} {100 * density:>12.2f} {cells}")
+    if rewound:
+        k = ", ".join(f"{i}it" for i in sorted(rewound))
+        lines.append(
+            f"(levels past 0 start from the dense run's weights at step {k}: their supermask "
+            "is the masked network with those weights, not an untrained one)"
+        )
     return "\n".join(lines)

@@ -111,11 +111,16 @@ def summarize(out: Path) -> dict:
     loss = [v for _, name, v in rows if name == "test_loss"]
     wall = [v for _, name, v in rows if name == "wall_seconds"]
     extra = {name: v for _, name, v in rows if name.startswith("supermask_")}
+    # The evaluation at the stage's first iteration (0, or k when rewound) is of the
+    # weights before this stage trained them: not a candidate for its best accuracy.
+    start = accuracy[0][0]
+    trained = [v for it, v in accuracy if it != start] or [accuracy[0][1]]
     return {
         **extra,
+        "start_iteration": start,
         "end_iteration": accuracy[-1][0],
         "final_test_accuracy": accuracy[-1][1],
-        "best_test_accuracy": max(v for _, v in accuracy),
+        "best_test_accuracy": max(trained),
         "final_test_loss": loss[-1],
         "wall_seconds": wall[-1],
     }

@@ -46,6 +46,10 @@ class Strategy(abc.ABC):
     # A one-shot strategy finds the final mask at level 1 (Gem-Miner); its lottery
     # run has levels 0 (dense) and 1 only.
     one_shot: ClassVar[bool] = False
+    # False: the model's default --pruning_layers_to_ignore (e.g. ResNet's fc.weight)
+    # does not apply; only layers named on the command line are ignored (Gem-Miner
+    # scores every layer, as published).
+    uses_model_ignore_list: ClassVar[bool] = True
 
     @classmethod
     def resolve(
@@ -54,8 +58,19 @@ class Strategy(abc.ABC):
         """Fill defaults that depend on the lottery's --levels (before the run is named)."""
         return hparams
 
+    @classmethod
+    def changed_since(cls, made: int, pruning: PruningHparams) -> str | None:
+        """What a lottery level made under the rules of format `made` computed
+        differently for this description (its pruned levels), or None if nothing; the
+        text says how to get the old behaviour (see open_lth.formats)."""
+        return None
+
     def __init__(self, hparams: Hparams | None = None) -> None:
         self.hparams = hparams
+
+    def check(self, model: Model, ignored: list[str], iterations_per_epoch: int) -> None:  # noqa: B027
+        """Raise UserError on values that need the model or the data, before anything
+        is written."""
 
     @abc.abstractmethod
     def prune(self, ctx: PruneContext, ignore: list[str]) -> Mask:

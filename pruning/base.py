@@ -6,11 +6,27 @@ import abc
 
 import torch
 
+from open_lth.hparams import PruningHparams
 from open_lth.strategy_base import Mask, PruneContext, Strategy
 from pruning.select import select
 
 
 class ScoreStrategy(Strategy):
+    @classmethod
+    def changed_since(cls, made: int, pruning: PruningHparams) -> str | None:
+        ignored = pruning.ignored
+        if made >= 2 or pruning.pruning_scope != "global" or not ignored:
+            return None
+        if pruning.pruning_count_without_ignored:
+            return None
+        return (
+            "global pruning removed the fraction of the surviving weights outside "
+            f"{', '.join(ignored)}, it now removes the fraction of all surviving prunable "
+            "weights, ignored ones included (open_lth's sparse_global); for the old count "
+            "add --pruning_count_without_ignored (a new run folder), or move this one away "
+            "to recompute it"
+        )
+
     @abc.abstractmethod
     def score(self, ctx: PruneContext) -> dict[str, torch.Tensor]:
         """A score per prunable weight (same shape); the lowest are removed first."""
@@ -18,4 +34,11 @@ class ScoreStrategy(Strategy):
     def prune(self, ctx: PruneContext, ignore: list[str]) -> Mask:
         scores = self.score(ctx)
         p = ctx.pruning
-        return select(scores, ctx.mask, p.pruning_fraction, p.pruning_scope, ignore)
+        return select(
+            scores,
+            ctx.mask,
+            p.pruning_fraction,
+            p.pruning_scope,
+            ignore,
+            count_ignored=not p.pruning_count_without_ignored,
+        )

@@ -1,18 +1,30 @@
 """Gem-Miner (Sreenivasan et al. 2022, "Rare Gems: Finding Lottery Tickets at
-Initialization"): a sparse mask found at initialization by training scores, not weights.
+Initialization"): a sparse mask found at initialization by training scores, not weights,
+as their released code does it for ResNet-20 (algo hc_iter with the configs the study's
+fork vendored: 150 epochs, prune every 5, SGD 0.1 cosine, momentum 0.9, no weight decay,
+L2 λ = 5e-5, non-affine BatchNorm, every layer scored, unflag before fine-tuning).
 
 Every surviving prunable weight w gets a score s ∈ [0, 1] (U(0, 1) at the start). The
 network runs with w·1[s > 0.5] and the frozen starting weights; the rounding passes its
 gradient straight through (d mask/d s = 1), so the scores train by SGD on
-cross-entropy + λ·Σ s², clamped to [0, 1] after every step. Every `--gem_miner_prune_every`
-steps (and at the last step) the lowest surviving scores are removed globally, on a
-geometric schedule that lands exactly on the target count at the last step:
+cross-entropy + λ·Σ s², clamped to [0, 1] after every step. BatchNorm has no affine
+parameters during the search (γ = 1, β = 0, batch statistics): the start model's γ,
+random in [0, 1], would otherwise switch off the channels where it is near 0.
+
+Pruning events follow the released loop, which counts epochs from 0 and prunes after
+epoch e when e is a positive multiple of the period: after epochs 6, 11, ..., 146 of
+150 (29 events; in steps when --gem_miner_prune_every is not whole epochs). Each removes
+the lowest surviving scores globally, on a geometric schedule that lands exactly on the
+target count at the last event:
 
     kept after event j of J = round(n₀ · (target / n₀)^(j / J)),   the last one = target
 
 where n₀ counts the weights that survive the previous mask in the scored layers and
-target = round(target_density × (all weights of the scored layers)). The mask is those
-survivors. Layers in --pruning_layers_to_ignore get no scores and keep their mask.
+target = round(target_density × (all weights of the scored layers)). The released code
+trains the scores on after its last event, then hands on the survivors of that event
+("unflag": every score set to 1 before fine-tuning), so those steps cannot change the
+mask and the search stops at the last event. Layers in --pruning_layers_to_ignore get no
+scores and keep their mask.
 
 The search is a pure function of (seed, step): the data order of epoch e comes from
 (seed, e) and the augmentation of step t from (seed, t), so a search resumed from its
@@ -35,10 +47,11 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from tqdm import tqdm
 
-from open_lth import registries
+from open_lth import formats, registries
 from open_lth.data import derive_seed
 from open_lth.errors import TrainingDiverged, UserError
 from open_lth.hparams import Hparams, PruningHparams, hp
+from open_lth.model_base import Model
 from open_lth.step import Step
 from open_lth.store import atomic_torch_save, torch_load
 from open_lth.strategy_base import Mask, PruneContext, Strategy
@@ -55,12 +68,18 @@ class GemMinerHparams(Hparams):
         "fraction of the prunable (non-ignored) weights kept; default: the density that "
         "--levels levels of --pruning_fraction pruning reach, e.g. 0.8^8 = 0.168",
     )
-    gem_miner_steps: str = hp("2ep", "length of the score search, e.g. 2ep or 4000it")
+    gem_miner_steps: str = hp(
+        "150ep",
+        "length of the score search's schedule (the released 150 epochs; e.g. 3ep for a "
+        "short one); it stops at its last prune event",
+    )
     gem_miner_lr: float = hp(0.1, "SGD learning rate of the scores (cosine schedule)")
     gem_miner_momentum: float = hp(0.9, "SGD momentum of the scores")
-    gem_miner_lambda: float = hp(1e-4, "weight λ of the regularizer λ·Σ score²")
+    gem_miner_lambda: float = hp(5e-5, "weight λ of the regularizer λ·Σ score²")
     gem_miner_prune_every: str = hp(
-        "1ep", "remove the lowest scores every this many search steps (and at the end)"
+        "5ep",
+        "the period of the prune events: after 1 + j·period epochs (steps if not whole "
+        "epochs), j = 1, 2, ..., as the released code",
     )
 
     _name: ClassVar[str] = "Gem-Miner Hyperparameters"
@@ -107,6 +126,15 @@ def kept_after(event: int, events: int, n0: int, target: int) -> int:
     return max(target, min(n0, round(n0 * (target / n0) ** (event / events))))
 
 
+def prune_events(steps: int, every: int, iterations_per_epoch: int) -> list[int]:
+    """The steps after which the released loop prunes. It counts units (epochs when
+    `every` is whole epochs, else steps) from 0 and prunes after unit u when u is a
+    positive multiple of the period: 150 epochs every 5 -> after epochs 6, 11, ..., 146."""
+    unit = iterations_per_epoch if every % iterations_per_epoch == 0 else 1
+    period = every // unit
+    return [(j * period + 1) * unit for j in range(1, (steps // unit - 1) // period + 1)]
+
+
 def cosine_lr(lr: float, step: int, steps: int) -> float:
     return 0.5 * lr * (1 + math.cos(math.pi * step / steps))
 
@@ -115,7 +143,44 @@ def cosine_lr(lr: float, step: int, steps: int) -> float:
 class GemMinerStrategy(Strategy):
     hparams_type = GemMinerHparams
     one_shot = True
+    uses_model_ignore_list = False
     description = "Gem-Miner: train scores of the frozen initial weights, prune to --target_density"
+
+    @classmethod
+    def changed_since(cls, made: int, pruning: PruningHparams) -> str | None:
+        if made >= 2:
+            return None
+        return (
+            "Gem-Miner's search is now the published one (BatchNorm without γ and β, the "
+            "output layer scored unless named in --pruning_layers_to_ignore, 150 epochs "
+            "pruning after epochs 6, 11, ..., 146, λ = 5e-5); the old search (affine "
+            "BatchNorm, 2 epochs pruning every epoch and at the end, λ = 1e-4) is in commit "
+            f"{formats.LAST_OF_FORMAT_1}; use another --root to run the new one"
+        )
+
+    def check(self, model: Model, ignored: list[str], iterations_per_epoch: int) -> None:
+        hparams = self.hparams if self.hparams is not None else GemMinerHparams()
+        names = [n for n in model.prunable_layer_names if n not in ignored]
+        if not names:
+            raise UserError(
+                "gem_miner: every prunable layer is in --pruning_layers_to_ignore; "
+                "leave at least one to score"
+            )
+        ipe = iterations_per_epoch
+        steps = Step.from_str(hparams.gem_miner_steps, ipe, "--gem_miner_steps").iteration
+        every = Step.from_str(hparams.gem_miner_prune_every, ipe, "--gem_miner_prune_every")
+        if not prune_events(steps, every.iteration, ipe):
+            raise UserError(
+                f"--gem_miner_steps {hparams.gem_miner_steps} leaves no prune event: they come "
+                f"after 1 + j·{hparams.gem_miner_prune_every} (j >= 1), so the search needs "
+                "at least one period and one more epoch (step, for a period in steps)"
+            )
+        params = dict(model.named_parameters())
+        total = sum(params[n].numel() for n in names)
+        if hparams.target_density is not None and round(hparams.target_density * total) < 1:
+            raise UserError(
+                f"--target_density {hparams.target_density} keeps no weights of {total}"
+            )
 
     @classmethod
     def resolve(
@@ -168,10 +233,21 @@ class _Search:
         self.steps = Step.from_str(hparams.gem_miner_steps, ipe, "--gem_miner_steps").iteration
         every = Step.from_str(hparams.gem_miner_prune_every, ipe, "--gem_miner_prune_every")
         self.every = every.iteration
-        self.events = math.ceil(self.steps / self.every)
+        self.event_steps = prune_events(self.steps, self.every, ipe)
+        if not self.event_steps:
+            raise UserError(
+                f"--gem_miner_steps {hparams.gem_miner_steps} leaves no prune event with "
+                f"--gem_miner_prune_every {hparams.gem_miner_prune_every}"
+            )
+        self.events = len(self.event_steps)
 
-        # BatchNorm runs in train mode on a copy: the lottery trains ctx.start_model.
+        # A copy (the lottery trains ctx.start_model) in train mode, whose BatchNorm
+        # layers have no affine parameters (γ = 1, β = 0), as the released code's
+        # NonAffineBatchNorm, and normalize with the batch statistics.
         self.model = copy.deepcopy(ctx.start_model).to(device).train()
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.weight, module.bias, module.affine = None, None, False
         self.model.requires_grad_(False)
         params = dict(self.model.named_parameters())
         self.weights = {n: params[n].detach() for n in self.names}
@@ -200,7 +276,8 @@ class _Search:
             "seed": ctx.seed,
             "names": self.names,
             "steps": self.steps,
-            "every": self.every,
+            "events": self.event_steps,
+            "batchnorm": "non-affine",
             "n0": self.n0,
             "target": self.target,
             "hparams": hparams.to_dict(),
@@ -287,8 +364,9 @@ class _Search:
         bs = ctx.batch_size
         self._update_masked()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        last = self.event_steps[-1]
         bar = tqdm(
-            total=self.steps,
+            total=last,
             initial=self.step,
             disable=ctx.quiet or not sys.stderr.isatty(),
             unit="it",
@@ -296,7 +374,7 @@ class _Search:
             dynamic_ncols=True,
         )
         with bar:
-            while self.step < self.steps:
+            while self.step < last:
                 it = self.step
                 epoch = it // self.ipe
                 if epoch != order_epoch:
@@ -319,13 +397,13 @@ class _Search:
                     loss_sum += loss.detach()
                 self.step = it + 1
                 bar.update(1)
-                if self.step % self.every == 0 or self.step == self.steps:
+                if self.step in self.event_steps:
                     if not torch.isfinite(loss_sum):
                         raise TrainingDiverged(
                             f"gem_miner: the loss became NaN or infinite by step {self.step}; "
                             "lower --gem_miner_lr"
                         )
-                    self._prune_event(math.ceil(self.step / self.every))
+                    self._prune_event(self.event_steps.index(self.step) + 1)
                     self._update_masked()
                     self._save()
                     loss_sum.zero_()

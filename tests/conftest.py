@@ -19,6 +19,23 @@ CIFAR = DATA / "cifar10-subset"
 os.environ["OPEN_LTH_OFFLINE"] = "1"
 
 
+@pytest.fixture(scope="session")
+def tiny_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CIFAR-10 root in the binary layout with the first 64 images of each of the
+    subset's five training files (320) and its first 200 test images: real images for
+    runs whose every evaluation must be cheap."""
+    root = tmp_path_factory.mktemp("tiny_cifar")
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir()
+    source = CIFAR / "cifar-10-batches-bin"
+    record = 1 + 3 * 32 * 32
+    for name, count in [(f"data_batch_{i}.bin", 64) for i in range(1, 6)] + [
+        ("test_batch.bin", 200)
+    ]:
+        (folder / name).write_bytes((source / name).read_bytes()[: count * record])
+    return root
+
+
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture) -> object:
     """Run main.py in this process: returns (exit status, stdout, stderr)."""

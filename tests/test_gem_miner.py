@@ -130,7 +130,7 @@ def test_one_backward_reaches_every_surviving_score(tmp_path: Path):
 def test_scores_stay_in_unit_interval_even_with_a_huge_lr(tmp_path: Path, monkeypatch):
     seen = saved_checkpoints(monkeypatch)
     prune(context(tmp_path), gem_miner_lr=1e6, gem_miner_prune_every="1it")
-    assert [c["step"] for c in seen] == list(range(1, 7))  # a checkpoint after every step
+    assert [c["step"] for c in seen] == list(range(2, 7))  # an event after steps 2..6
     hit_low = hit_high = False
     for ckpt in seen:
         for name, score in ckpt["scores"].items():
@@ -171,12 +171,13 @@ def test_schedule_lands_exactly_on_the_target(
     n0 = sum(int(mask[n].sum()) for n in scored)
     target = round(density * total)
     seen = saved_checkpoints(monkeypatch)
-    # 7 steps, pruning every 3: events after steps 3, 6 and 7.
+    # 10 steps, a period of 3: the released loop counts steps from 0 and prunes after
+    # step index 3, 6 and 9, i.e. after 4, 7 and 10 steps.
     new = prune(
         context(tmp_path, net, mask=mask),
         ignore,
         target_density=density,
-        gem_miner_steps="7it",
+        gem_miner_steps="10it",
         gem_miner_prune_every="3it",
     )
     assert sum(int(new[n].sum()) for n in scored) == target
@@ -187,7 +188,7 @@ def test_schedule_lands_exactly_on_the_target(
     for name in ignore:
         assert torch.equal(new[name], mask[name])
     # The schedule: geometric from n0, the last event exactly on the target.
-    assert [c["step"] for c in seen] == [3, 6, 7]
+    assert [c["step"] for c in seen] == [4, 7, 10]
     counts = [sum(int(a.sum()) for a in c["alive"].values()) for c in seen]
     expected = [round(n0 * (target / n0) ** (j / 3)) for j in (1, 2)] + [target]
     assert counts == expected
@@ -195,11 +196,32 @@ def test_schedule_lands_exactly_on_the_target(
     assert not (tmp_path / gm.CHECKPOINT).exists()  # removed once the mask is made
 
 
-def test_one_event_when_pruning_every_exceeds_the_search(tmp_path: Path, monkeypatch):
+def test_the_search_stops_at_its_last_event(tmp_path: Path, monkeypatch):
+    """After the released code's last event the scores train on, but the survivors of
+    that event are the mask (unflag): the steps after it are not run."""
     seen = saved_checkpoints(monkeypatch)
-    new = prune(context(tmp_path), gem_miner_steps="4it", gem_miner_prune_every="1ep")
-    assert [c["step"] for c in seen] == [4]
+    batches = []
+    train = data()
+    real_batch = train.batch
+    monkeypatch.setattr(train, "batch", lambda *a: batches.append(1) or real_batch(*a))
+    new = prune(context(tmp_path, train=train), gem_miner_steps="6it", gem_miner_prune_every="4it")
+    assert [c["step"] for c in seen] == [5] and len(batches) == 5
     assert sum(int(m.sum()) for m in new.values()) == round(0.2 * 40400)
+
+
+def test_prune_events_are_the_released_loops():
+    ipe = 390  # CIFAR-10, batch 128
+    events = gm.prune_events(150 * ipe, 5 * ipe, ipe)
+    assert events == [(5 * j + 1) * ipe for j in range(1, 30)]  # after epochs 6, ..., 146
+    assert gm.prune_events(151 * ipe, 5 * ipe, ipe)[-1] == 151 * ipe  # epoch index 150
+    assert gm.prune_events(3 * ipe, ipe, ipe) == [2 * ipe, 3 * ipe]
+    assert gm.prune_events(10, 3, ipe) == [4, 7, 10]  # a period in steps counts steps
+    assert gm.prune_events(5 * ipe, 5 * ipe, ipe) == []  # no event: a user error
+
+
+def test_a_search_without_a_prune_event_is_a_user_error(tmp_path: Path):
+    with pytest.raises(UserError, match="leaves no prune event"):
+        prune(context(tmp_path), gem_miner_steps="4it", gem_miner_prune_every="1ep")
 
 
 def test_target_above_the_previous_mask_is_a_user_error(tmp_path: Path):
@@ -240,12 +262,69 @@ def test_start_model_is_not_changed(tmp_path: Path):
     assert all(p.requires_grad for p in net.parameters())  # the copy was frozen, not this
 
 
+def cifar_like(n: int = 32) -> DeviceData:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    return DeviceData(images, labels, (0.5,) * 3, (0.25,) * 3, "crop_flip", 4, CPU)
+
+
+def test_the_search_ignores_batchnorm_gamma_and_beta(tmp_path: Path):
+    """As the released NonAffineBatchNorm: γ = 1 and β = 0 during the search, so the
+    start model's γ and β (a γ near 0 would switch its channel off) change nothing."""
+    net = model("cifar_resnet_8_4")
+    train = cifar_like()
+    changes = {"target_density": 0.3, "gem_miner_steps": "4it", "gem_miner_prune_every": "1it"}
+    first = prune(context(tmp_path / "a", net, train=train, batch_size=8), **changes)
+    other = model("cifar_resnet_8_4")
+    other.load_state_dict(net.state_dict())
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for module in other.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.copy_(torch.rand(module.weight.shape, generator=g) * 1e-3)
+                module.bias.copy_(torch.randn(module.bias.shape, generator=g))
+    assert not torch.equal(other.bn.weight, net.bn.weight)
+    second = prune(context(tmp_path / "b", other, train=train, batch_size=8), **changes)
+    assert all(torch.equal(first[n], second[n]) for n in first)
+
+
+def test_resnet20_output_layer_is_scored_by_default(cli, tmp_path: Path):
+    """ResNet-20's defaults ignore fc.weight for IMP; Gem-Miner scores it unless the
+    command line names it, and the description records the effective list."""
+    from open_lth.cli import Parser
+    from open_lth.runner_lottery import LotteryRunner
+
+    def desc(*flags: str):
+        parser = Parser(prog="test")
+        defaults = registries.models.get("cifar_resnet_20").default_hparams("cifar_resnet_20")
+        LotteryRunner.add_args(parser, defaults)
+        return LotteryRunner.create_from_args(parser.parse_args(list(flags))).desc
+
+    assert desc().pruning.pruning_layers_to_ignore == "fc.weight"  # IMP: as before
+    gem = desc("--pruning_strategy=gem_miner", "--levels=8")
+    assert gem.pruning.pruning_layers_to_ignore is None
+    assert gem.to_dict()["pruning"]["pruning_layers_to_ignore"] is None  # hparams.json
+    named = desc("--pruning_strategy=gem_miner", "--pruning_layers_to_ignore=fc.weight")
+    assert named.pruning.ignored == ["fc.weight"]
+
+    net = model("cifar_resnet_20")
+    ctx = context(tmp_path, net, train=cifar_like(16), batch_size=8)
+    new = prune(ctx, gem.pruning.ignored, gem_miner_steps="3it", gem_miner_prune_every="1it")
+    kept = int(new["fc.weight"].sum())
+    assert 0 < kept < new["fc.weight"].numel()  # scored and pruned like the convolutions
+    assert sum(int(m.sum()) for m in new.values()) == round(
+        0.2 * sum(m.numel() for m in new.values())
+    )
+
+
 # --- resume and determinism ---
 
 
 def test_resumed_search_gives_the_uninterrupted_mask(tmp_path: Path, monkeypatch):
     train = data(augment=True)  # the per-step augmentation must resume too
-    changes = {"gem_miner_steps": "2ep3it", "gem_miner_prune_every": "4it"}  # 23 steps
+    # 23 steps, events after 5, 9, 13, 17 and 21 (the last)
+    changes = {"gem_miner_steps": "2ep3it", "gem_miner_prune_every": "4it"}
     reference = prune(context(tmp_path / "a", train=train), **changes)
 
     real = gm.atomic_torch_save
@@ -255,7 +334,7 @@ def test_resumed_search_gives_the_uninterrupted_mask(tmp_path: Path, monkeypatch
         real(path, obj)
         calls.append(obj["step"])
         if len(calls) == 3:
-            raise KeyboardInterrupt  # killed right after the checkpoint at step 12
+            raise KeyboardInterrupt  # killed right after the checkpoint at step 13
 
     monkeypatch.setattr(gm, "atomic_torch_save", crash_after_third)
     with pytest.raises(KeyboardInterrupt):
@@ -267,7 +346,7 @@ def test_resumed_search_gives_the_uninterrupted_mask(tmp_path: Path, monkeypatch
     real_batch = train.batch
     monkeypatch.setattr(train, "batch", lambda *a: batches.append(1) or real_batch(*a))
     resumed = prune(context(tmp_path / "b", train=train), **changes)
-    assert len(batches) == 23 - 12  # it resumed, it did not start over
+    assert len(batches) == 21 - 13  # it resumed, it did not start over
     assert resumed.keys() == reference.keys()
     for name in reference:
         assert torch.equal(resumed[name], reference[name]), name
@@ -325,7 +404,8 @@ def test_resolve_fills_the_density_of_the_levels():
     resolved = GemMinerStrategy.resolve(GemMinerHparams(), 8, pruning)
     assert resolved.target_density == pytest.approx(0.8**8, rel=1e-12)
     assert resolved.target_density == 0.16777216  # exact, for a readable run name
-    assert resolved.gem_miner_steps == "2ep"
+    assert resolved.gem_miner_steps == "150ep"  # the released search
+    assert (resolved.gem_miner_prune_every, resolved.gem_miner_lambda) == ("5ep", 5e-5)
     assert GemMinerStrategy.resolve(None, 0, pruning).target_density == 0.8
     half = PruningHparams("gem_miner", pruning_fraction=0.5)
     assert GemMinerStrategy.resolve(GemMinerHparams(), 3, half).target_density == 0.125
@@ -368,11 +448,23 @@ def test_lottery_on_real_mnist(cli, tmp_path: Path):
     assert not (level_dir(run, 1) / gm.CHECKPOINT).exists()
 
 
-@pytest.mark.parametrize("flag", ["--target_density=1.5", "--gem_miner_lambda=-1"])
-def test_lottery_bad_input(cli, tmp_path: Path, flag: str):
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--target_density=1.5"], "--target_density"),
+        (["--gem_miner_lambda=-1"], "--gem_miner_lambda"),
+        (
+            ["--pruning_layers_to_ignore=fc_layers.0.weight,fc_layers.1.weight,fc.weight"],
+            "every prunable layer is in --pruning_layers_to_ignore",
+        ),
+        (["--gem_miner_steps=5ep"], "--gem_miner_steps 5ep leaves no prune event"),
+    ],
+)
+def test_lottery_bad_input(cli, tmp_path: Path, flags: list[str], expected: str):
+    """Before anything is written, level 0 included (it is trained before the search)."""
     root = tmp_path / "root"
-    code, out, err = cli(*LOTTERY, f"--root={root}", "--training_steps=100it", flag)
+    code, out, err = cli(*LOTTERY, f"--root={root}", "--training_steps=100it", *flags)
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
-    assert flag.split("=")[0] in err
+    assert expected in err
     assert not root.exists() or not any(root.iterdir())

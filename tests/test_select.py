@@ -1,7 +1,9 @@
 """The shared selector: exact counts, deterministic ties, no revival, ignored layers."""
 
+import pytest
 import torch
 
+from open_lth.errors import UserError
 from pruning.select import count_to_prune, select
 
 
@@ -23,10 +25,21 @@ def test_global_threshold_across_layers_and_ties() -> None:
 def test_never_revives_and_respects_ignore() -> None:
     mask = {"a": torch.tensor([True, False, True, True]), "fc": torch.ones(3, dtype=torch.bool)}
     scores = {"a": torch.tensor([3.0, -100.0, 2.0, 1.0]), "fc": torch.tensor([-5.0, -5, -5])}
-    new = select(scores, mask, 0.5, "global", ["fc"])
-    assert new["a"].tolist() == [True, False, False, False]  # ⌈0.5·3⌉ = 2 of the survivors
+    # open_lth's count: ⌈0.25 · 6⌉ = 2 of all survivors, fc's 3 included, removed from a.
+    new = select(scores, mask, 0.25, "global", ["fc"])
+    assert new["a"].tolist() == [True, False, False, False]
     assert new["fc"].all()
     assert not any((new[n] & ~mask[n]).any() for n in mask)
+    # The count without the ignored layers (format 1): ⌈0.25 · 3⌉ = 1.
+    old = select(scores, mask, 0.25, "global", ["fc"], count_ignored=False)
+    assert old["a"].tolist() == [True, False, True, False] and old["fc"].all()
+
+
+def test_a_count_beyond_the_unignored_survivors_is_a_user_error() -> None:
+    mask = {"a": torch.ones(2, dtype=torch.bool), "fc": torch.ones(10, dtype=torch.bool)}
+    scores = {"a": torch.zeros(2), "fc": torch.zeros(10)}
+    with pytest.raises(UserError, match="removes 3, but only 2 survive outside"):
+        select(scores, mask, 0.2, "global", ["fc"])
 
 
 def test_layerwise_prunes_each_layer_alike() -> None:

@@ -58,6 +58,11 @@ class TrainingBranch(Branch):
 @dataclass
 class ReinitHparams(Hparams):
     reinit_seed: int = hp(1, "seed of the fresh random weights")
+    start_at_step_zero: bool = hp(
+        False,
+        "train from step 0 of the schedule (default: from the level's start, the rewinding "
+        "step k, like the ticket it controls, as open_lth's branch)",
+    )
 
     _name: ClassVar[str] = "Random Reinitialization Hyperparameters"
 
@@ -65,13 +70,29 @@ class ReinitHparams(Hparams):
 @registries.branches.register("randomly_reinitialize")
 class RandomlyReinitialize(TrainingBranch):
     hparams_type = ReinitHparams
-    description = "the level's mask on fresh random weights (seeded), trained"
+    description = "the level's mask on fresh random weights (seeded), trained from its start"
+
+    def start_iteration(self, ctx: BranchContext) -> int:
+        if self.hparams.start_at_step_zero:
+            return 0
+        return ctx.levels.start_iteration(ctx.level)
+
+    def changed_since(self, made: int, ctx: BranchContext) -> str | None:
+        k = self.start_iteration(ctx)
+        if made >= 2 or k == 0:
+            return None
+        return (
+            f"randomly_reinitialize trained from step 0, it now trains from the level's start "
+            f"(step {k}) as open_lth does; for the old behaviour add --start_at_step_zero "
+            "(a new branch folder), or move this one away to recompute it"
+        )
 
     def network(self, ctx: BranchContext) -> tuple[Model, Mask, int]:
         seed = derive_seed(
             "branch_reinit", self.hparams.reinit_seed, ctx.levels.replicate, ctx.level
         )
-        return ctx.levels.new_model(seed=seed), ctx.levels.mask(ctx.level), 0
+        model = ctx.levels.new_model(seed=seed)
+        return model, ctx.levels.mask(ctx.level), self.start_iteration(ctx)
 
 
 @dataclass
@@ -154,7 +175,7 @@ class Retrain(TrainingBranch):
     def check(self, ctx: BranchContext) -> None:
         training = self.training(ctx)
         end = stage.check_training_steps(training, ctx.levels.data)
-        start = ctx.levels.rewind if ctx.level > 0 else 0
+        start = ctx.levels.start_iteration(ctx.level)
         if end <= start:
             raise UserError(f"--retrain_training_steps must be past the level's start ({start}it)")
 

@@ -72,13 +72,16 @@ class InstabilityBranch(Branch):
 
     def start(self, ctx: BranchContext) -> int:
         levels = ctx.levels
-        own = levels.rewind if ctx.level > 0 else 0
+        own = levels.start_iteration(ctx.level)
         k = self.hparams.branch_rewinding_steps
         return levels.data.step(k, "--branch_rewinding_steps") if k else own
 
+    def start_iteration(self, ctx: BranchContext) -> int:
+        return self.start(ctx)
+
     def check(self, ctx: BranchContext) -> None:
         levels = ctx.levels
-        own = levels.rewind if ctx.level > 0 else 0
+        own = levels.start_iteration(ctx.level)
         k = self.start(ctx)
         if not own <= k < levels.end:
             raise UserError(
