@@ -111,7 +111,7 @@ def test_supermask_of_a_batchnorm_network_with_reestimated_statistics(
     runner = lottery_runner("--model_name=cifar_resnet_8", f"--dataset_root={tiny_cifar}")
     desc = runner.desc
     data = stage.load_data(desc.dataset, runner.job)
-    net = build_model(desc.model, 10)
+    net = build_model(desc.model, 10).to(data.train.device)  # a GPU where there is one
     net.load_state_dict(start)
     norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     seen: dict[torch.nn.Module, list] = {m: [] for m in norms}

