@@ -17,6 +17,7 @@ from open_lth.evaluation import evaluate_copies, layout
 from open_lth.model_base import Model
 from open_lth.stacked import repeat_input, stack
 from open_lth.store import atomic_write_text
+from open_lth.trainer import Interrupted, signals_to_flag
 
 CHUNK = 10  # interpolated networks evaluated together; also the unit of resumption
 HEADER = "alpha,split,error,loss\n"
@@ -88,22 +89,42 @@ def evaluate_path(
     kept = "".join(f"{a!r},{s},{e!r},{loss!r}\n" for (a, s), (e, loss) in sorted(done.items()))
     atomic_write_text(curve_path, HEADER + kept)
     device = next(iter(splits.values())).device
-    for i in range(0, len(todo), CHUNK):
-        chunk = todo[i : i + CHUNK]
-        models = []
-        for alpha in chunk:
-            model = copy.deepcopy(template)
-            model.load_state_dict(interpolate_state(first, second, alpha))
-            models.append(model)
-        net = (stack(models) if len(models) > 1 else models[0]).to(device)
-        if bn_stats == "recompute":
-            recompute_bn_stats(net, splits["train"], len(chunk), bn_batch)
-        rows = []
-        for split, data in splits.items():
-            results = evaluate_copies(net, data, len(chunk))
-            for alpha, (loss, accuracy) in zip(chunk, results, strict=True):
-                done[(alpha, split)] = (1 - accuracy, loss)
-                rows.append(f"{alpha!r},{split},{1 - accuracy!r},{loss!r}\n")
-        with open(curve_path, "a") as f:
-            f.write("".join(rows))
+    with signals_to_flag() as stop:
+        for i in range(0, len(todo), CHUNK):
+            if stop.signum is not None:  # the points so far are in curve.csv already
+                raise Interrupted(stop.signum, len(done) // len(splits), "interpolation point")
+            _evaluate_chunk(template, first, second, splits, todo[i : i + CHUNK], bn_stats,
+                            curve_path, bn_batch, device, done)  # fmt: skip
     return done
+
+
+def _evaluate_chunk(
+    template: Model,
+    first: dict,
+    second: dict,
+    splits: dict[str, DeviceData],
+    chunk: list[float],
+    bn_stats: str,
+    curve_path: Path,
+    bn_batch: int,
+    device: torch.device,
+    done: dict[tuple[float, str], tuple[float, float]],
+) -> None:
+    """θ(α) for the α of one chunk, stacked into one network, on every split; the rows
+    are appended to curve.csv and to `done`."""
+    models = []
+    for alpha in chunk:
+        model = copy.deepcopy(template)
+        model.load_state_dict(interpolate_state(first, second, alpha))
+        models.append(model)
+    net = (stack(models) if len(models) > 1 else models[0]).to(device)
+    if bn_stats == "recompute":
+        recompute_bn_stats(net, splits["train"], len(chunk), bn_batch)
+    rows = []
+    for split, data in splits.items():
+        results = evaluate_copies(net, data, len(chunk))
+        for alpha, (loss, accuracy) in zip(chunk, results, strict=True):
+            done[(alpha, split)] = (1 - accuracy, loss)
+            rows.append(f"{alpha!r},{split},{1 - accuracy!r},{loss!r}\n")
+    with open(curve_path, "a") as f:
+        f.write("".join(rows))

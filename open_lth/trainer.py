@@ -54,8 +54,8 @@ class Seeds:
 class Interrupted(Exception):
     """SIGINT, SIGTERM or SIGUSR2 arrived; a checkpoint was saved first."""
 
-    def __init__(self, signum: int, iteration: int) -> None:
-        super().__init__(f"interrupted at iteration {iteration}; checkpoint saved")
+    def __init__(self, signum: int, iteration: int, where: str = "iteration") -> None:
+        super().__init__(f"interrupted at {where} {iteration}; checkpoint saved")
         self.signum = signum
         self.iteration = iteration
 
@@ -231,7 +231,7 @@ def train_copies(
     )
     tick = time.perf_counter()
     net.train()
-    with _signals_to_flag() as stop, bar, distributed.sync_batchnorm(net):
+    with signals_to_flag() as stop, bar, distributed.sync_batchnorm(net):
         while True:
             it = state.iteration
             # A checkpoint at `it` is written after the evaluation at `it`, so a resumed
@@ -378,7 +378,7 @@ class _StopFlag:
 
 
 @contextlib.contextmanager
-def _signals_to_flag() -> Iterator[_StopFlag]:
+def signals_to_flag() -> Iterator[_StopFlag]:
     """Turn SIGINT/SIGTERM into a flag the loop checks, so it can checkpoint first. Also
     SIGUSR2: Slurm's and submitit's warning of preemption or of the time limit."""
     flag = _StopFlag()

@@ -55,7 +55,7 @@ from open_lth.model_base import Model
 from open_lth.step import Step
 from open_lth.store import atomic_torch_save, torch_load
 from open_lth.strategy_base import Mask, PruneContext, Strategy
-from open_lth.trainer import iterations_per_epoch
+from open_lth.trainer import Interrupted, iterations_per_epoch, signals_to_flag
 from pruning.select import lowest
 
 CHECKPOINT = "gem_miner_checkpoint.pt"
@@ -373,8 +373,11 @@ class _Search:
             desc="gem_miner",
             dynamic_ncols=True,
         )
-        with bar:
+        with signals_to_flag() as stop, bar:
             while self.step < last:
+                if stop.signum is not None:  # preempted, or Slurm's time limit: save, stop
+                    self._save()
+                    raise Interrupted(stop.signum, self.step, "gem_miner step")
                 it = self.step
                 epoch = it // self.ipe
                 if epoch != order_epoch:

@@ -4,6 +4,7 @@ weights, resume, determinism, bad input, and a lottery run on real MNIST."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from open_lth.hparams import ModelHparams, PruningHparams
 from open_lth.lottery import level_dir
 from open_lth.model_base import build_model
 from open_lth.strategy_base import PruneContext
+from open_lth.trainer import Interrupted
 from pruning.gem_miner import GemMinerHparams, GemMinerStrategy
 
 CPU = torch.device("cpu")
@@ -468,3 +470,29 @@ def test_lottery_bad_input(cli, tmp_path: Path, flags: list[str], expected: str)
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
     assert expected in err
     assert not root.exists() or not any(root.iterdir())
+
+
+def test_a_signal_checkpoints_the_search_and_it_resumes(tmp_path: Path, monkeypatch):
+    """SIGTERM (preemption, `scontrol requeue`) or SIGUSR2 (submitit) in the middle of the
+    search, between prune events: the search saves where it is and stops; run again, it
+    ends with the uninterrupted mask."""
+    train = data(augment=True)
+    changes = {"gem_miner_steps": "2ep3it", "gem_miner_prune_every": "4it"}
+    reference = prune(context(tmp_path / "a", train=train), **changes)
+    real_loss, calls = gm._Search.loss, []
+
+    def signalled(self, x, y):
+        calls.append(1)
+        if len(calls) == 11:  # between the events after steps 9 and 13
+            signal.raise_signal(signal.SIGUSR2)  # to this thread, at once
+        return real_loss(self, x, y)
+
+    monkeypatch.setattr(gm._Search, "loss", signalled)
+    with pytest.raises(Interrupted, match="interrupted at gem_miner step 11"):
+        prune(context(tmp_path / "b", train=train), **changes)
+    assert torch.load(tmp_path / "b" / gm.CHECKPOINT, weights_only=True)["step"] == 11
+    calls.clear()
+    resumed = prune(context(tmp_path / "b", train=train), **changes)
+    assert len(calls) == 21 - 11  # it resumed from step 11, not from the event at 9
+    for name in reference:
+        assert torch.equal(resumed[name], reference[name]), name

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from conftest import DATA, REPO
-from open_lth import paths, registries
+from open_lth import interpolation, paths, registries
 from open_lth.data import DeviceData, load
 from open_lth.hparams import DatasetHparams, ModelHparams, TrainingHparams
 from open_lth.interpolation import barrier, evaluate_path
 from open_lth.model_base import build_model
-from open_lth.trainer import Copy, Seeds, TrainOptions, train, train_copies
+from open_lth.trainer import Copy, Interrupted, Seeds, TrainOptions, train, train_copies
 
 registries.load_plugins()
 CPU = torch.device("cpu")
@@ -81,6 +81,34 @@ def test_barrier_of_known_paths(tmp_path: Path) -> None:
         template, first, first, {"train": data}, 7, "interpolate", tmp_path / "b.csv", 10
     )
     assert barrier([same[(a, "train")][0] for a in sorted({a for a, _ in same})]) == 0
+
+
+def test_a_signal_stops_the_interpolation_between_chunks(tmp_path: Path, monkeypatch) -> None:
+    """SIGTERM or SIGUSR2 (preemption, Slurm's time limit) while the path is evaluated:
+    the chunk in hand is finished and written, the evaluation stops, and run again it
+    evaluates only the points still missing."""
+    template = build_model(ModelHparams("mnist_lenet_1", "kaiming_normal", "uniform"), 10)
+    data = {"train": tiny_data([0] * 7 + [2] * 3)}
+    first, second = bump_state(0.0, 4.0), bump_state(4.0, 0.0)
+    args = (template, first, second, data, 25, "interpolate")
+    straight = evaluate_path(*args, tmp_path / "a.csv", 10)
+    chunks, fired = [], []
+    real = interpolation._evaluate_chunk
+
+    def signalled(*a: object) -> None:
+        chunks.append(len(a[4]))
+        real(*a)
+        if not fired:
+            fired.append(True)
+            signal.raise_signal(signal.SIGTERM)  # to this thread, at once
+
+    monkeypatch.setattr(interpolation, "_evaluate_chunk", signalled)
+    with pytest.raises(Interrupted, match="interrupted at interpolation point 10"):
+        evaluate_path(*args, tmp_path / "b.csv", 10)
+    assert len(pd.read_csv(tmp_path / "b.csv")) == 10
+    chunks.clear()
+    resumed = evaluate_path(*args, tmp_path / "b.csv", 10)
+    assert sum(chunks) == 15 and resumed == straight
 
 
 def test_stacked_copies_train_like_separate_runs(tmp_path: Path) -> None:
