@@ -90,8 +90,7 @@ class StaticStep:
         self.lr = torch.zeros((), dtype=torch.float32, device=device)
         for group in parts.optimizer.param_groups:
             group["lr"] = self.lr
-            if capture and "capturable" in group:  # Adam keeps its step count on the GPU
-                group["capturable"] = True
+        set_capturable(parts.optimizer, capture)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
         if self.x is None:
@@ -132,6 +131,14 @@ class StaticStep:
             # autocast's weight cache would hold tensors from outside the graph's pool.
             _body(self.parts, self.x, self.y, cache=False)
         self.graph = graph
+
+
+def set_capturable(optimizer: torch.optim.Optimizer, on: bool) -> None:
+    """Adam's flag for a step inside a CUDA graph (its step count then stays on the GPU);
+    SGD has none and needs none."""
+    for group in optimizer.param_groups:
+        if "capturable" in group:
+            group["capturable"] = on
 
 
 def make_step(
@@ -190,7 +197,5 @@ class FallbackStep:
     def _to_eager(self) -> None:
         parts = self.step.parts
         parts.optimizer.zero_grad(set_to_none=True)
-        for group in parts.optimizer.param_groups:
-            if "capturable" in group:
-                group["capturable"] = False
+        set_capturable(parts.optimizer, False)
         self.eager = EagerStep(parts)

@@ -30,7 +30,7 @@ from open_lth.schedule import build_optimizer, lr_schedule
 from open_lth.stacked import stack, stack_state, unstack_state
 from open_lth.step import Step
 from open_lth.store import atomic_torch_save, torch_load
-from open_lth.train_step import StepParts, make_step
+from open_lth.train_step import StepParts, make_step, set_capturable
 
 Mask = dict[str, torch.Tensor]
 
@@ -176,8 +176,7 @@ def train_copies(
         # The saved groups carry the saving run's step path; this run sets its own.
         for group in optimizer.param_groups:
             group["lr"] = hparams.lr
-            if "capturable" in group:
-                group["capturable"] = False
+        set_capturable(optimizer, False)
         state.load(ckpt)
         if not distributed.is_primary():  # rank 0 carries the checkpoint's running sums
             state.loss_sum.zero_()
