@@ -65,7 +65,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Instability study")
     group.add_argument("--models", default="lenet,resnet", help="lenet, resnet or both")
     group.add_argument("--cifar_dataset_root", help="CIFAR-10's folder (default: --dataset_root)")
-    group.add_argument("--replicates", type=int, help="replicates 1..N (default: the studies')")
+    group.add_argument("--replicates", help="replicates, e.g. 1-3,7 (default: the studies')")
 
 
 def _study_args(args: argparse.Namespace, model: str) -> argparse.Namespace:
@@ -110,7 +110,7 @@ def build(args: argparse.Namespace) -> sweep.Phases:
         replicates = args.replicates or study.settings(study_args)["replicates"]
         reset = study.start_modes(study_args)["reset"]
         for strategy in STRATEGIES:
-            for replicate in range(1, replicates + 1):
+            for replicate in sweep.replicates(replicates):
                 run = study.lottery_run(study_args, strategy, reset, replicate)
                 lotteries.append(run)
                 bn = model == "resnet"
@@ -122,7 +122,7 @@ def build(args: argparse.Namespace) -> sweep.Phases:
                     for k in plan[model]["ks"]:
                         branches.append(branch(run, "0", k, plan["points"], bn))
         if model == "resnet":
-            for replicate in range(1, replicates + 1):
+            for replicate in sweep.replicates(replicates):
                 run = gem_miner_run(study_args, replicate, plan.get("gem_miner", []))
                 lotteries.append(run)
                 branches.append(branch(run, "1", 0, plan["points"], True))

@@ -27,14 +27,14 @@ STRATEGIES = ("magnitude", "fisher", "random")
 FULL = {
     "training_steps": "50000it",
     "levels": 26,
-    "replicates": 3,
+    "replicates": "1-3",
     "pruning_fraction": 0.2,
     "extra": [],
 }
 QUICK = {
     "training_steps": "300it",
     "levels": 5,
-    "replicates": 2,
+    "replicates": "1-2",
     "pruning_fraction": 0.5,
     "extra": ["--subsample_fraction=0.1", "--eval_every=50it", "--quiet"],
 }
@@ -42,7 +42,7 @@ QUICK = {
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("LeNet study")
-    group.add_argument("--replicates", type=int, help="replicates 1..N (default 3; quick 2)")
+    group.add_argument("--replicates", help="replicates, e.g. 1-3,7 (default 1-3; quick 1-2)")
     group.add_argument("--levels", type=int, help="pruning levels (default 26; quick 5)")
     group.add_argument("--pruning_fraction", type=float, help="default 0.2; quick 0.5")
     group.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated")
@@ -96,7 +96,7 @@ def build(args: argparse.Namespace) -> sweep.Phases:
         lottery_run(args, strategy, start, replicate)
         for strategy in strategies
         for start in start_modes(args).values()
-        for replicate in range(1, settings(args)["replicates"] + 1)
+        for replicate in sweep.replicates(settings(args)["replicates"])
     ]
     return [runs]
 

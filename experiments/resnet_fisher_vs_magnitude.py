@@ -2,7 +2,7 @@
 with magnitude and Fisher pruning, the survivors reset to their initial values or
 rewound to iteration 2000, SGD 0.1 with momentum 0.9, batch 128, 30,000 iterations,
 fc.weight never pruned (Table 1), 20 levels of 20% (1.2% remain), one replicate as
-in the study (--replicates=3 for error bands).
+in the study (--replicates=1-3 for error bands).
 
 The model's other defaults stay: weight decay 1e-4 and learning-rate drops at 80 and
 120 epochs, which come after 30,000 iterations (76.8 epochs), so the rate stays 0.1
@@ -30,7 +30,7 @@ STRATEGIES = ("magnitude", "fisher")
 FULL = {
     "training_steps": "30000it",
     "levels": 20,
-    "replicates": 1,
+    "replicates": "1",
     "rewind": "2000it",
     "extra": [],
     "fisher": [],
@@ -38,7 +38,7 @@ FULL = {
 QUICK = {
     "training_steps": "20it",
     "levels": 2,
-    "replicates": 1,
+    "replicates": "1",
     "rewind": "5it",
     "extra": ["--eval_every=10it", "--quiet"],
     "fisher": ["--fisher_examples=512"],
@@ -47,7 +47,7 @@ QUICK = {
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("ResNet-20 study")
-    group.add_argument("--replicates", type=int, help="replicates 1..N (default 1)")
+    group.add_argument("--replicates", help="replicates, e.g. 1-3,7 (default 1)")
     group.add_argument("--levels", type=int, help="pruning levels (default 20; quick 2)")
     group.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated")
     group.add_argument("--rewind", metavar="STEP", help="rewinding step (default 2000it)")
@@ -97,7 +97,7 @@ def build(args: argparse.Namespace) -> sweep.Phases:
         lottery_run(args, strategy, start, replicate)
         for strategy in strategies
         for start in start_modes(args).values()
-        for replicate in range(1, settings(args)["replicates"] + 1)
+        for replicate in sweep.replicates(settings(args)["replicates"])
     ]
     return [runs]
 

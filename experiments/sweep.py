@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from experiments import slurm, status
+from experiments import packs, slurm, status
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = REPO / "main.py"
@@ -65,6 +65,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
     group.add_argument("--log_dir", help="logs of --jobs>1 (default: <root>/sweep_logs)")
     group.add_argument("--executor", default="local", help="local (default) or slurm")
+    group.add_argument(
+        "--pack",
+        type=int,
+        help="train up to N compatible lottery runs together as one pack (`main.py pack`); "
+        "default 8 on CUDA, 1 on a CPU",
+    )
     slurm.add_args(parser)
 
 
@@ -90,6 +96,13 @@ def flag_value(run: Run, flag: str, default: str | None = None) -> str | None:
         elif arg == flag and i + 1 < len(run):
             value = run[i + 1]
     return value
+
+
+def replicates(text: str) -> list[int]:
+    """A study's --replicates, in main.py's --levels syntax: '1-3,7' -> [1, 2, 3, 7]."""
+    from open_lth.lottery import parse_levels
+
+    return parse_levels(str(text), "--replicates")
 
 
 def command(run: Run) -> list[str]:
@@ -154,11 +167,11 @@ def _stage_done(folder: Path) -> bool:
 
 def parse_levels(text: str) -> list[int]:
     """'0,3-5' -> [0, 3, 4, 5]; [] when malformed (main.py says what is wrong)."""
-    from open_lth import runner_branch
+    from open_lth import lottery
     from open_lth.errors import UserError
 
     try:
-        return runner_branch.parse_levels(text)
+        return lottery.parse_levels(text)
     except UserError:
         return []
 
@@ -271,14 +284,17 @@ def execute(phases: Phases, args: argparse.Namespace) -> int:
     submit them to Slurm."""
     on_slurm = getattr(args, "executor", "local") == "slurm"
     located = [[(run, *locate(run)) for run in phase] for phase in phases]
+    size = getattr(args, "pack", None)
+    size = packs.default_size([r for p in phases for r in p]) if size is None else size
     errors = [(run, error) for phase in located for run, _, error in phase if error]
     total = sum(len(p) for p in phases)
     if args.print_commands:
         for number, phase in enumerate(located, 1):
-            todo = [run for run, location, _ in phase if not is_done(run, location)]
-            print(f"# phase {number}: {len(todo)} commands", file=sys.stderr)
-            for run in todo:
-                print(shell(run))
+            todo = [(run, loc) for run, loc, _ in phase if not is_done(run, loc)]
+            entries = packs.group(todo, size if not errors else 1)
+            print(f"# phase {number}: {len(entries)} commands", file=sys.stderr)
+            for entry in entries:
+                print(shell(entry.run))
         return 2 if errors else 0
     count = 0
     failed: list[Run] = []
@@ -295,16 +311,26 @@ def execute(phases: Phases, args: argparse.Namespace) -> int:
                 state = "done  " if finished else "to run"
                 where = location if location else f"(cannot locate: {error})"
                 print(f"  {state} {where}\n         {shell(run)}")
+            if not errors and size > 1:
+                todo = [(r, loc) for (r, loc, _), d in zip(phase, done, strict=True) if not d]
+                n = len(packs.group(todo, size))
+                print(f"  as {n} commands (compatible runs in packs of up to {size})")
             if on_slurm:
                 print(f"  would submit a job array of {len(phase) - sum(done)} tasks")
             continue
         todo = [(run, location) for (run, location, _), d in zip(phase, done, strict=True) if not d]
+        entries = packs.group(todo, size)
+        commands = [(e.run, e.location) for e in entries]
         if on_slurm:
-            todos.append(todo)
+            todos.append(commands)
             continue
         root = results_root(args, todo)
-        failed += run_phase(todo, args.jobs, log_dir(args, todo), count, root)
-        count += len(phase)
+        failed_commands = run_phase(commands, args.jobs, log_dir(args, todo), count, root)
+        for entry in entries:
+            if entry.run in failed_commands:
+                # A pack fails when one of its runs does; the others are done.
+                failed += [r for r, loc in entry.members if not is_done(r, loc)] or [entry.run]
+        count += len(commands)
         if failed and number < len(located):
             print(f"phase {number} had failures; the later phases, which need it, did not start")
             break
@@ -362,4 +388,11 @@ def main(
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    return execute(build(args), args)
+    from open_lth.errors import UserError
+
+    try:
+        phases = build(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return execute(phases, args)

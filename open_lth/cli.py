@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from open_lth import distributed, registries
 from open_lth.errors import TrainingDiverged, UserError
+from open_lth.runner_base import Runner
 from open_lth.trainer import Interrupted
 
 
@@ -33,11 +34,9 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def run(argv: list[str]) -> int:
-    registries.load_plugins()
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
-        return 0 if argv else 2
+def parse(argv: list[str]) -> tuple[Runner, argparse.Namespace]:
+    """The runner of a command line (`["lottery", "--flags", ...]`), every value checked
+    and nothing written yet."""
     runner_type = registries.subcommands.get(argv[0])
     rest = argv[1:]
     prog = f"main.py {argv[0]}"
@@ -56,9 +55,18 @@ def run(argv: list[str]) -> int:
     parser = Parser(prog=prog, description=runner_type.description)
     runner_type.add_args(parser, defaults)
     args = parser.parse_args(rest)
-    runner = runner_type.create_from_args(args)
+    return runner_type.create_from_args(args), args
+
+
+def run(argv: list[str]) -> int:
+    registries.load_plugins()
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    runner, args = parse(argv)
     if args.display_output_location:
-        print(runner.output_location)
+        for location in runner.output_locations:  # one folder a line (a pack has several)
+            print(location)
         return 0
     runner.run()
     return 0

@@ -41,7 +41,9 @@ def add_job_args(parser: argparse.ArgumentParser) -> None:
         metavar="MODEL",
         help="start from this model's default hparams, e.g. mnist_lenet_300_100",
     )
-    group.add_argument("--replicate", type=int, default=1, help="replicate number; seeds the init")
+    group.add_argument(
+        "--replicate", type=int, default=None, help="replicate number; seeds the init (default 1)"
+    )
     group.add_argument("--platform", default="local", help="local (default) or another platform")
     group.add_argument("--root", help="where runs are stored (default: the platform's)")
     group.add_argument(
@@ -69,8 +71,9 @@ def add_job_args(parser: argparse.ArgumentParser) -> None:
 
 
 def create_job(args: argparse.Namespace) -> Job:
-    if args.replicate < 0:
-        raise UserError(f"--replicate must be a non-negative integer, got {args.replicate}")
+    replicate = 1 if args.replicate is None else args.replicate
+    if replicate < 0:
+        raise UserError(f"--replicate must be a non-negative integer, got {replicate}")
     for flag in ("eval_every", "checkpoint_every"):
         if getattr(args, flag):
             check_step_syntax(getattr(args, flag), f"--{flag}")
@@ -79,4 +82,4 @@ def create_job(args: argparse.Namespace) -> Job:
     if args.deterministic:
         use_deterministic_algorithms()
     options = TrainOptions(args.eval_every, args.checkpoint_every, args.quiet, args.cuda_graphs)
-    return Job(args.replicate, platform, options)
+    return Job(replicate, platform, options)

@@ -34,6 +34,21 @@ from open_lth.store import atomic_write_json
 from open_lth.strategy_base import Mask, PruneContext, Strategy
 
 
+def parse_levels(text: str, flag: str = "--levels") -> list[int]:
+    """'0,3-5' -> [0, 3, 4, 5] (also --replicates)."""
+    what = flag.removeprefix("--")
+    levels: set[int] = set()
+    try:
+        for part in text.split(","):
+            low, _, high = part.strip().partition("-")
+            levels.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise UserError(f"{flag} '{text}': write {what} like 0,3-5") from None
+    if not levels or min(levels) < 0:
+        raise UserError(f"{flag} '{text}': write {what} like 0,3-5")
+    return sorted(levels)
+
+
 def level_dir(replicate_dir: Path, level: int) -> Path:
     return Path(replicate_dir) / f"level_{level}" / "main"
 

@@ -21,4 +21,10 @@ def load_plugins() -> None:
     import models as _models  # noqa: F401
     import platforms as _platforms  # noqa: F401
     import pruning as _pruning  # noqa: F401
-    from open_lth import branches, runner_branch, runner_lottery, runner_train  # noqa: F401
+    from open_lth import (  # noqa: F401
+        branches,
+        runner_branch,
+        runner_lottery,
+        runner_pack,
+        runner_train,
+    )

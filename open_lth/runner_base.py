@@ -28,5 +28,10 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def output_location(self) -> Path: ...
 
+    @property
+    def output_locations(self) -> list[Path]:
+        """What --display_output_location prints, one folder a line."""
+        return [self.output_location]
+
     @abc.abstractmethod
     def run(self) -> None: ...

@@ -13,7 +13,7 @@ from open_lth.branch_base import Branch, BranchContext
 from open_lth.errors import UserError
 from open_lth.hparams import DefaultHparams
 from open_lth.job import Job, add_job_args, create_job
-from open_lth.lottery import Levels, check_format, level_dir
+from open_lth.lottery import Levels, check_format, level_dir, parse_levels
 from open_lth.lottery_desc import LotteryDesc
 from open_lth.runner_base import Runner
 from open_lth.runner_lottery import check_names
@@ -25,20 +25,6 @@ def branch_list() -> str:
     for name in registries.branches.names():
         lines.append(f"  {name:<22} {registries.branches.get(name).description}")
     return "\n".join(lines)
-
-
-def parse_levels(text: str) -> list[int]:
-    """'0,3-5' -> [0, 3, 4, 5]."""
-    levels: set[int] = set()
-    try:
-        for part in text.split(","):
-            low, _, high = part.strip().partition("-")
-            levels.update(range(int(low), int(high or low) + 1))
-    except ValueError:
-        raise UserError(f"--levels '{text}': write levels like 0,3-5") from None
-    if not levels or min(levels) < 0:
-        raise UserError(f"--levels '{text}': write levels like 0,3-5")
-    return sorted(levels)
 
 
 @registries.subcommands.register("lottery_branch")

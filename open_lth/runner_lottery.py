@@ -14,7 +14,7 @@ from open_lth import registries, stage
 from open_lth.errors import UserError
 from open_lth.hparams import DefaultHparams
 from open_lth.job import Job, add_job_args, create_job
-from open_lth.lottery import Levels, check_format, level_dir, supermask_metrics
+from open_lth.lottery import Levels, check_format, level_dir, parse_levels, supermask_metrics
 from open_lth.lottery_desc import LotteryDesc
 from open_lth.runner_base import Runner
 from open_lth.store import RunLock
@@ -39,10 +39,16 @@ class LotteryRunner(Runner):
             "--levels", type=int, default=0, help="prune this many times (default 0)"
         )
         group.add_argument("--summary", action="store_true", help="print the run's table and exit")
+        group.add_argument(
+            "--replicates",
+            help="train these replicates together as one pack, e.g. 1-8 or 1-3,7 (see `pack`)",
+        )
         LotteryDesc.add_args(parser, defaults)
 
     @classmethod
-    def create_from_args(cls, args: argparse.Namespace) -> LotteryRunner:
+    def create_from_args(cls, args: argparse.Namespace) -> Runner:
+        if args.replicates is not None:
+            return cls.create_pack(args)
         desc = LotteryDesc.create_from_args(args)
         check_names(desc)
         if args.levels < 0:
@@ -51,6 +57,23 @@ class LotteryRunner(Runner):
         desc.strategy = strategy.resolve(desc.strategy, args.levels, desc.pruning)
         levels = min(args.levels, 1) if strategy.one_shot else args.levels
         return cls(desc, create_job(args), levels, args.summary)
+
+    @classmethod
+    def create_pack(cls, args: argparse.Namespace) -> Runner:
+        """--replicates: one run per replicate, trained together (open_lth.runner_pack)."""
+        from open_lth.runner_pack import PackRunner  # it builds on this module
+
+        if args.replicate is not None:
+            raise UserError(
+                "--replicates and --replicate: give one of them (--replicates=1-3,7 trains "
+                "those replicates together as a pack)"
+            )
+        replicates = parse_levels(args.replicates, "--replicates")
+        runs = [
+            argparse.Namespace(**{**vars(args), "replicates": None, "replicate": r})
+            for r in replicates
+        ]
+        return PackRunner([cls.create_from_args(run) for run in runs])
 
     @property
     def output_location(self) -> Path:

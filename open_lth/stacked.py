@@ -125,3 +125,48 @@ def repeat_input(x: torch.Tensor, k: int) -> torch.Tensor:
 def split_output(output: torch.Tensor, k: int) -> torch.Tensor:
     """(N, K·classes) -> (N, K, classes)."""
     return output.view(output.shape[0], k, -1)
+
+
+def _stack_values(values: list, batched: bool) -> object:
+    first = values[0]
+    if not isinstance(first, torch.Tensor) or first.ndim == 0:
+        return first  # a step count: the copies step together
+    return torch.stack(values) if batched else torch.cat(values)
+
+
+def stack_optimizer_state(states: list[dict], stacked: nn.Module) -> dict:
+    """K optimizers' state dicts (SGD momentum, Adam moments and step), each of a copy
+    alone, as the optimizer of `stacked` holds them: parameter i of a copy is
+    parameter i of the stacked network, laid out as `stack_state` lays out weights."""
+    names = [n for n, _ in stacked.named_parameters()]
+    merged = {}
+    for index, entry in states[0]["state"].items():
+        batched = _is_batched_matmul(stacked, names[index])
+        try:
+            entries = [s["state"][index] for s in states]
+        except KeyError:
+            raise ValueError(f"the copies' optimizer states differ for {names[index]}") from None
+        merged[index] = {key: _stack_values([e[key] for e in entries], batched) for key in entry}
+    return {"state": merged, "param_groups": copy.deepcopy(states[0]["param_groups"])}
+
+
+def unstack_optimizer_state(state: dict, stacked: nn.Module) -> list[dict]:
+    """The inverse of `stack_optimizer_state`: one optimizer state dict per copy, each
+    as the copy's optimizer alone would save it."""
+    k = stacked.copies
+    names = [n for n, _ in stacked.named_parameters()]
+    copies: list[dict] = [
+        {"state": {}, "param_groups": copy.deepcopy(state["param_groups"])} for _ in range(k)
+    ]
+    for index, entry in state["state"].items():
+        batched = _is_batched_matmul(stacked, names[index])
+        for c in copies:
+            c["state"][index] = {}
+        for key, value in entry.items():
+            if not isinstance(value, torch.Tensor) or value.ndim == 0:
+                parts = [value.clone() if isinstance(value, torch.Tensor) else value] * k
+            else:
+                parts = [p.clone() for p in (value.unbind(0) if batched else value.chunk(k))]
+            for c, part in zip(copies, parts, strict=True):
+                c["state"][index][key] = part
+    return copies

@@ -27,7 +27,13 @@ from open_lth.hparams import TrainingHparams
 from open_lth.metrics import MetricLogger
 from open_lth.model_base import Model
 from open_lth.schedule import build_optimizer, lr_schedule
-from open_lth.stacked import stack, stack_state, unstack_state
+from open_lth.stacked import (
+    stack,
+    stack_optimizer_state,
+    stack_state,
+    unstack_optimizer_state,
+    unstack_state,
+)
 from open_lth.step import Step
 from open_lth.store import atomic_torch_save, torch_load
 from open_lth.train_step import StepParts, make_step, set_capturable
@@ -95,28 +101,31 @@ def train(
     the schedule from there (rewinding); `save_iterations` are extra weights to keep;
     `start_metrics` are logged with the first evaluation (e.g. a supermask accuracy).
     """
-    train_copies(
+    diverged = train_copies(
         [model],
         hparams,
         train_data,
         test_data,
         batch_size,
-        [Copy(out, seeds)],
-        paths.checkpoint(out),
+        [Copy(out, seeds, mask, start_metrics)],
+        None,
         options,
-        mask,
-        start_iteration,
-        save_iterations,
-        start_metrics,
+        start_iteration=start_iteration,
+        save_iterations=save_iterations,
     )
+    if diverged:
+        raise TrainingDiverged(diverged[0])
 
 
 @dataclass
 class Copy:
-    """Where one copy writes, and the seeds of its SGD noise."""
+    """Where one copy writes, the seeds of its SGD noise, and (in a pack of independent
+    runs) its own mask and the metrics logged with its first evaluation."""
 
     out: Path
     seeds: Seeds
+    mask: Mask | None = None
+    start_metrics: dict[str, float] | None = None
 
 
 def train_copies(
@@ -126,16 +135,24 @@ def train_copies(
     test_data: DeviceData,
     batch_size: int,
     copies: list[Copy],
-    checkpoint_path: Path,
+    checkpoint_path: Path | None,
     options: TrainOptions,
     mask: Mask | None = None,
     start_iteration: int = 0,
     save_iterations: tuple[int, ...] = (),
     start_metrics: dict[str, float] | None = None,
-) -> None:
+) -> dict[int, str]:
     """`train` for K copies at once, each with its own data order and augmentation:
     for K > 1 they are stacked into one network (open_lth.stacked) and take each step
-    together. Each copy's metrics and weights go to its own folder."""
+    together. Each copy's metrics and weights go to its own folder.
+
+    With a `checkpoint_path`, the copies are one job (the two copies of an instability
+    branch): one stacked checkpoint, and a diverging copy stops them all. Without one,
+    they are independent runs (a pack): each checkpoints into its own folder exactly
+    as it would alone, so it can resume alone or in another pack, and a copy whose loss
+    turns NaN stops alone while the others train on. Returns the diverged copies (index
+    -> what happened); copies given a checkpoint must all be at the same iteration.
+    """
     device = train_data.device
     k = len(models)
     ipe = iterations_per_epoch(train_data, batch_size)
@@ -143,20 +160,30 @@ def train_copies(
     eval_every = _every(options.eval_every, ipe, "--eval_every")
     checkpoint_every = _every(options.checkpoint_every, ipe, "--checkpoint_every")
     lr_at = lr_schedule(hparams, ipe)
-    if not checkpoint_path.exists() and all(paths.weights(c.out, end).exists() for c in copies):
-        return  # finished; killed before the caller wrote its summary
+    independent = checkpoint_path is None
+    ckpt_paths = [paths.checkpoint(c.out) for c in copies] if independent else [checkpoint_path]
+    if not any(p.exists() for p in ckpt_paths) and all(
+        paths.weights(c.out, end).exists() for c in copies
+    ):
+        return {}  # finished; killed before the caller wrote its summary
 
     net = models[0] if k == 1 else stack(models).to(device)
-    if k > 1 and mask:
-        mask = stack_state([mask] * k, net)
+    masks = [c.mask if c.mask is not None else mask for c in copies]
+    if any(m is None for m in masks) and any(masks):
+        raise ValueError("either every copy has a mask or none has")
+    mask = masks[0] if k == 1 else (stack_state(masks, net) if masks[0] else None)
     distributed.broadcast_(mask)  # under torchrun every rank holds rank 0's mask
 
-    def per_copy_states() -> list[dict[str, torch.Tensor]]:
-        return [net.state_dict()] if k == 1 else unstack_state(net.state_dict(), net)
+    def unstack(state: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        return [state] if k == 1 else unstack_state(state, net)
+
+    state = _State(device, k)
+    live = lambda: [j for j in range(k) if j not in state.diverged]  # noqa: E731
 
     def save_weights(iteration: int) -> None:
-        for c, state_dict in zip(copies, per_copy_states(), strict=True):
-            atomic_torch_save(paths.weights(c.out, iteration), state_dict)
+        states = unstack(net.state_dict())
+        for j in live():
+            atomic_torch_save(paths.weights(copies[j].out, iteration), states[j])
 
     base_net = net
     if uses_channels_last(net, device):
@@ -167,48 +194,83 @@ def train_copies(
     step_net = torch.compile(forward_net) if hparams.compile else forward_net
 
     loggers = [MetricLogger(paths.metrics(c.out)) for c in copies]
-    state = _State(device, k)
     resumed_at = None
-    if checkpoint_path.exists():
-        ckpt = torch_load(checkpoint_path, device)
-        base_net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+    if any(p.exists() for p in ckpt_paths):
+        ckpts = [torch_load(p, device) for p in ckpt_paths]
+        if len({int(c["iteration"]) for c in ckpts}) != 1 or not all(
+            p.exists() for p in ckpt_paths
+        ):
+            raise ValueError("the copies of a pack must resume from the same iteration")
+        if independent and k > 1:
+            model_state = stack_state([c["model"] for c in ckpts], base_net)
+            optimizer_state = stack_optimizer_state([c["optimizer"] for c in ckpts], base_net)
+        else:
+            model_state, optimizer_state = ckpts[0]["model"], ckpts[0]["optimizer"]
+        base_net.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
         # The saved groups carry the saving run's step path; this run sets its own.
         for group in optimizer.param_groups:
             group["lr"] = hparams.lr
         set_capturable(optimizer, False)
-        state.load(ckpt)
+        state.load(ckpts)
         if not distributed.is_primary():  # rank 0 carries the checkpoint's running sums
             state.loss_sum.zero_()
             state.correct.zero_()
             state.seen = 0
-        torch.set_rng_state(ckpt["rng_cpu"].cpu())
+        torch.set_rng_state(ckpts[0]["rng_cpu"].cpu())
         resumed_at = state.iteration
         for logger in loggers:
             logger.keep_until(resumed_at)
     else:
         state.iteration = start_iteration
         save_weights(start_iteration)
-        for logger in loggers:
+        for logger, c in zip(loggers, copies, strict=True):
             logger.keep_until(start_iteration - 1)
-            for name, value in (start_metrics or {}).items():
+            for name, value in (c.start_metrics or start_metrics or {}).items():
                 logger.log(start_iteration, name, value)
+
+    def check_finite() -> None:
+        """A copy whose loss is NaN or infinite: an error (one job), or (a pack) it
+        stops alone, keeping its last checkpoint."""
+        finite = torch.isfinite(state.loss_sum).tolist()
+        for j in live():
+            if finite[j]:
+                continue
+            kept = (
+                "the last checkpoint is kept"
+                if ckpt_paths[min(j, len(ckpt_paths) - 1)].exists()
+                else "no checkpoint"
+            )
+            message = (
+                f"the training loss became NaN or infinite by iteration {state.iteration} "
+                f"({kept}); lower --lr or check the data"
+            )
+            if not independent or k == 1:
+                raise TrainingDiverged(message)
+            state.diverged[j] = message
+            print(
+                f"error: {copies[j].out}: {message}; the pack's other runs go on", file=sys.stderr
+            )
 
     def save_checkpoint() -> None:
         state.seen = distributed.gather_sums([state.loss_sum, state.correct], state.seen)
-        _check_finite(state, checkpoint_path)
+        check_finite()
         optimizer_state = optimizer.state_dict()
         for group in optimizer_state["param_groups"]:  # a graphed step's lr is a tensor
             group["lr"] = float(group["lr"])
-        atomic_torch_save(
-            checkpoint_path,
-            {
-                "model": base_net.state_dict(),
-                "optimizer": optimizer_state,
-                "rng_cpu": torch.get_rng_state(),
-                **state.dump(),
-            },
-        )
+        if not independent or k == 1:
+            ckpt = {"model": base_net.state_dict(), "optimizer": optimizer_state}
+            atomic_torch_save(
+                ckpt_paths[0], {**ckpt, "rng_cpu": torch.get_rng_state(), **state.dump()}
+            )
+            return
+        models_states = unstack(base_net.state_dict())
+        optimizer_states = unstack_optimizer_state(optimizer_state, base_net)
+        for j in live():
+            ckpt = {"model": models_states[j], "optimizer": optimizer_states[j]}
+            atomic_torch_save(
+                ckpt_paths[j], {**ckpt, "rng_cpu": torch.get_rng_state(), **state.dump(j)}
+            )
 
     parts = StepParts(
         net, step_net, optimizer, _mask_pairs(net, mask), k, hparams.bf16,
@@ -237,11 +299,13 @@ def train_copies(
             # run has that evaluation already.
             if (it == end or it % eval_every == 0 or it == start_iteration) and it != resumed_at:
                 state.wall += time.perf_counter() - tick
-                _check_finite(state, checkpoint_path)
+                check_finite()
                 lr = lr_at(min(it, end - 1))
                 _log_eval(step_net, test_data, hparams, state, loggers, lr)
                 bar.set_postfix(loss=state.last_train_loss, test_acc=state.last_test_acc)
                 tick = time.perf_counter()
+            if not live():
+                break  # every run of the pack diverged
             if it in save_iterations and it != start_iteration:
                 save_weights(it)
             if it == end:
@@ -275,46 +339,59 @@ def train_copies(
             state.seen += len(x)
             state.iteration = it + 1
             if device.type == "cpu" or state.iteration % 100 == 0:
-                _check_finite(state, checkpoint_path)
+                check_finite()
             bar.update(1)
 
-    save_weights(end)
+    if live():
+        save_weights(end)
     if distributed.is_primary():
-        checkpoint_path.unlink(missing_ok=True)
+        for j in live() if independent else range(1):
+            ckpt_paths[j].unlink(missing_ok=True)
     distributed.barrier()  # what the next stage reads is written
+    return dict(state.diverged)
 
 
 class _State:
     """What the loop carries between steps, all of it in the checkpoint. The step adds
-    each copy's loss and correct count to `loss_sum` and `correct` in place."""
+    each copy's loss and correct count to `loss_sum` and `correct` in place. `wall` is
+    this process's training time; each copy adds the time it had when resumed."""
 
     def __init__(self, device: torch.device, copies: int) -> None:
         self.iteration = 0
         self.wall = 0.0
+        self.wall_before = [0.0] * copies
         self.loss_sum = torch.zeros(copies, device=device, dtype=torch.float64)
         self.correct = torch.zeros(copies, device=device, dtype=torch.int64)
         self.seen = 0
         self.steps = 0
+        self.diverged: dict[int, str] = {}
         self.last_train_loss: float | None = None
         self.last_test_acc: float | None = None
 
-    def dump(self) -> dict:
+    def dump(self, copy: int | None = None) -> dict:
+        """The whole state (one job), or one copy's as if it ran alone."""
+        one = slice(None) if copy is None else slice(copy, copy + 1)
         return {
             "iteration": self.iteration,
-            "wall_seconds": self.wall,
-            "loss_sum": self.loss_sum,
-            "correct": self.correct,
+            "wall_seconds": self.wall_before[copy or 0] + self.wall,
+            "loss_sum": self.loss_sum[one],
+            "correct": self.correct[one],
             "seen": self.seen,
             "steps": self.steps,
         }
 
-    def load(self, ckpt: dict) -> None:
-        self.iteration = int(ckpt["iteration"])
-        self.wall = float(ckpt["wall_seconds"])
-        self.loss_sum.copy_(ckpt["loss_sum"])
-        self.correct.copy_(ckpt["correct"])
-        self.seen = int(ckpt["seen"])
-        self.steps = int(ckpt["steps"])
+    def load(self, ckpts: list[dict]) -> None:
+        """From one checkpoint (one job) or one per copy (a pack)."""
+        first = ckpts[0]
+        self.iteration = int(first["iteration"])
+        walls = [float(c["wall_seconds"]) for c in ckpts]
+        self.wall_before = (
+            walls if len(walls) == len(self.wall_before) else [walls[0]] * len(self.wall_before)
+        )
+        self.loss_sum.copy_(torch.cat([c["loss_sum"].reshape(-1) for c in ckpts]))
+        self.correct.copy_(torch.cat([c["correct"].reshape(-1) for c in ckpts]))
+        self.seen = int(first["seen"])
+        self.steps = int(first["steps"])
 
 
 def _log_eval(
@@ -327,36 +404,31 @@ def _log_eval(
 ) -> None:
     it = state.iteration
     k = len(loggers)
+    live = [j for j in range(k) if j not in state.diverged]
     if state.steps:
         # Means over the steps since the last evaluation, on augmented batches; under
         # torchrun, rank 0 holds the sums of every rank's mean losses.
         state.seen = distributed.gather_sums([state.loss_sum, state.correct], state.seen)
         train_loss = (state.loss_sum / (state.steps * distributed.world_size())).tolist()
         train_accuracy = (state.correct.double() / state.seen).tolist()
-        state.last_train_loss = train_loss[0]
-        for logger, loss, accuracy in zip(loggers, train_loss, train_accuracy, strict=True):
-            logger.log(it, "train_loss", loss)
-            logger.log(it, "train_accuracy", accuracy)
+        state.last_train_loss = train_loss[live[0]] if live else None
+        for j in live:
+            loggers[j].log(it, "train_loss", train_loss[j])
+            loggers[j].log(it, "train_accuracy", train_accuracy[j])
         state.loss_sum.zero_()
         state.correct.zero_()
         state.steps = state.seen = 0
+    if not live:
+        return
     results = evaluate_copies(net, test_data, k, bf16=hparams.bf16)
-    state.last_test_acc = results[0][1]
-    for logger, (test_loss, test_accuracy) in zip(loggers, results, strict=True):
-        logger.log(it, "test_loss", test_loss)
-        logger.log(it, "test_accuracy", test_accuracy)
-        logger.log(it, "learning_rate", lr)
-        logger.log(it, "wall_seconds", state.wall)
-        logger.flush()
-
-
-def _check_finite(state: _State, checkpoint_path: Path) -> None:
-    if not torch.isfinite(state.loss_sum).all():
-        kept = "the last checkpoint is kept" if checkpoint_path.exists() else "no checkpoint"
-        raise TrainingDiverged(
-            f"the training loss became NaN or infinite by iteration {state.iteration} "
-            f"({kept}); lower --lr or check the data"
-        )
+    state.last_test_acc = results[live[0]][1]
+    for j in live:
+        test_loss, test_accuracy = results[j]
+        loggers[j].log(it, "test_loss", test_loss)
+        loggers[j].log(it, "test_accuracy", test_accuracy)
+        loggers[j].log(it, "learning_rate", lr)
+        loggers[j].log(it, "wall_seconds", state.wall_before[j] + state.wall)
+        loggers[j].flush()
 
 
 def _every(text: str | None, ipe: int, flag: str) -> int:

@@ -1,0 +1,73 @@
+"""A sweep's lottery runs grouped into packs (`main.py pack`), so that the runs of one
+GPU train K at a time as one stacked network instead of one after the other.
+
+Runs that can share a step (the same model, data, training, rewinding step, levels and
+job settings; see open_lth.runner_pack) are grouped greedily in the sweep's order, up
+to `size` a pack; every other run stays as it is. A pack's command is
+
+    main.py pack 'lottery --flags of run 1' 'lottery --flags of run 2' ...
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+Run = list[str]
+
+
+@dataclass
+class Entry:
+    """One command of a phase: a run alone, or a pack of `members`."""
+
+    run: Run
+    location: Path | None
+    members: list[tuple[Run, Path | None]]
+
+
+def default_size(runs: list[Run]) -> int:
+    """8 runs a pack on CUDA, where one small run leaves the GPU idle; 1 on a CPU, which
+    a single run already keeps busy."""
+    import torch
+
+    on_cpu = any(arg in ("--device=cpu", "cpu") for run in runs for arg in run)
+    return 8 if torch.cuda.is_available() and not on_cpu else 1
+
+
+def pack_command(runs: list[Run]) -> Run:
+    return ["pack", *(shlex.join(run) for run in runs)]
+
+
+def group(todo: list[tuple[Run, Path | None]], size: int) -> list[Entry]:
+    """The phase's runs as commands: compatible lottery runs in packs of up to `size`."""
+    if size <= 1:
+        return [Entry(run, location, [(run, location)]) for run, location in todo]
+    from open_lth import cli, runner_pack
+    from open_lth.errors import UserError
+
+    groups: list[tuple[object, list[tuple[Run, Path | None]]]] = []
+    alone: list[Entry] = []
+    for run, location in todo:
+        runner = None
+        if run and run[0] == "lottery" and location is not None:
+            try:
+                runner, _ = cli.parse(run)
+            except UserError:
+                runner = None  # main.py will say what is wrong when the run starts
+        if runner is None or not hasattr(runner, "desc"):
+            alone.append(Entry(run, location, [(run, location)]))
+            continue
+        for first, members in groups:
+            if len(members) < size and runner_pack.differences(first, runner) is None:
+                members.append((run, location))
+                break
+        else:
+            groups.append((runner, [(run, location)]))
+    entries = []
+    for _, members in groups:
+        if len(members) == 1:
+            entries.append(Entry(*members[0], members))
+        else:
+            entries.append(Entry(pack_command([r for r, _ in members]), members[0][1], members))
+    return entries + alone
