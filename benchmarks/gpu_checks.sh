@@ -2,9 +2,11 @@
 # Every GPU check in one pass, for a lent GPU machine with torch already installed (run
 # from the repository root, nothing installed). Results go to $OUT (default ./gpu_out):
 # gpu.txt (device, versions), pytest.log (the whole suite with CUDA present),
-# gpu_speed.log and fisher.log (benchmarks).
+# gpu_speed.log, fisher.log, pack_speed.log and sweep_level.log (benchmarks); `tests`
+# runs only the test files in $GPU_TESTS (tests.log).
 #
-#   OPEN_LTH_TEST_DATA=<folder laid out like ../shared/data> bash benchmarks/gpu_checks.sh [suite] [speed] [fisher]
+#   OPEN_LTH_TEST_DATA=<folder laid out like ../shared/data> bash benchmarks/gpu_checks.sh \
+#       [suite] [tests] [speed] [fisher] [packs] [sweep]
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -26,9 +28,28 @@ for step in $steps; do
     suite)
         # xdist where it is installed; two threads a worker so the workers share the cores.
         workers=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")
-        OMP_NUM_THREADS=2 timeout 200 $PY -m pytest -q $workers -p no:cacheprovider -rfEs \
+        OMP_NUM_THREADS=2 timeout 300 $PY -m pytest -q $workers -p no:cacheprovider -rfEs \
             >"$OUT/pytest.log" 2>&1
         tail -40 "$OUT/pytest.log"
+        ;;
+    tests)
+        OMP_NUM_THREADS=4 timeout 240 $PY -m pytest -q -p no:cacheprovider -rfEs $GPU_TESTS \
+            >"$OUT/tests.log" 2>&1
+        tail -30 "$OUT/tests.log"
+        ;;
+    packs)
+        timeout 240 $PY benchmarks/pack_speed.py --dataset_root="$DATA" --rounds=3 --lenet_steps=1000 \
+            --resnet_steps=160 2>&1 | tee "$OUT/pack_speed.log"
+        ;;
+    sweep)
+        # One pack of the LeNet study at its own settings (replicate 1: three strategies,
+        # reset and re-init), levels 0 and 1: the time of a level, to extrapolate from.
+        root=$(mktemp -d)
+        timeout 150 $PY experiments/lenet_fisher_vs_magnitude.py \
+            --replicates=1 --levels=1 --root="$root" --dataset_root="$DATA" --pack=6 \
+            >"$OUT/sweep_level.log" 2>&1
+        tail -5 "$OUT/sweep_level.log"
+        $PY benchmarks/level_times.py "$root" | tee -a "$OUT/sweep_level.log"
         ;;
     speed)
         timeout 240 $PY benchmarks/gpu_speed.py --dataset_root="$DATA" 2>&1 | tee "$OUT/gpu_speed.log"

@@ -2,8 +2,10 @@
 GPU train K at a time as one stacked network instead of one after the other.
 
 Runs that can share a step (the same model, data, training, rewinding step, levels and
-job settings; see open_lth.runner_pack) are grouped greedily in the sweep's order, up
-to `size` a pack; every other run stays as it is. A pack's command is
+job settings; see open_lth.runner_pack) are grouped in the sweep's order, and each group
+is cut into as few packs of at most `size` as it takes, of sizes as equal as they can
+be (18 runs, size 8: 6, 6, 6 rather than 8, 8, 2, which would leave the GPU a small
+last pack); every other run stays as it is. A pack's command is
 
     main.py pack 'lottery --flags of run 1' 'lottery --flags of run 2' ...
 """
@@ -43,8 +45,10 @@ def group(todo: list[tuple[Run, Path | None]], size: int) -> list[Entry]:
     """The phase's runs as commands: compatible lottery runs in packs of up to `size`."""
     if size <= 1:
         return [Entry(run, location, [(run, location)]) for run, location in todo]
-    from open_lth import cli, runner_pack
+    from open_lth import cli, registries, runner_pack
     from open_lth.errors import UserError
+
+    registries.load_plugins()
 
     groups: list[tuple[object, list[tuple[Run, Path | None]]]] = []
     alone: list[Entry] = []
@@ -59,15 +63,16 @@ def group(todo: list[tuple[Run, Path | None]], size: int) -> list[Entry]:
             alone.append(Entry(run, location, [(run, location)]))
             continue
         for first, members in groups:
-            if len(members) < size and runner_pack.differences(first, runner) is None:
+            if runner_pack.differences(first, runner) is None:
                 members.append((run, location))
                 break
         else:
             groups.append((runner, [(run, location)]))
     entries = []
     for _, members in groups:
-        if len(members) == 1:
-            entries.append(Entry(*members[0], members))
-        else:
-            entries.append(Entry(pack_command([r for r, _ in members]), members[0][1], members))
+        count = -(-len(members) // size)
+        for i in range(count):
+            part = members[i * len(members) // count : (i + 1) * len(members) // count]
+            run = part[0][0] if len(part) == 1 else pack_command([r for r, _ in part])
+            entries.append(Entry(run, part[0][1], part))
     return entries + alone

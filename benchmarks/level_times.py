@@ -1,0 +1,47 @@
+"""How long each level of the lottery runs under a results root took, from the files
+they wrote (a level starts when its hparams.json is written and ends with its
+summary.json), and from those the time of the LeNet study's whole sweep: 18 runs (3
+replicates x magnitude, fisher, random x reset, re-init) in packs of 6, 27 levels each
+(0-26), the later levels each taking what level 1 took (pruning included).
+
+    python benchmarks/level_times.py <root of one pack's runs, levels 0 and 1>
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    root = Path(sys.argv[1])
+    runs = sorted(root.glob("lottery_*/replicate_*"))
+    if not runs:
+        sys.exit(f"no lottery runs under {root}")
+    bounds = {}
+    for level in (0, 1):
+        starts = [(r / f"level_{level}/main/hparams.json").stat().st_mtime for r in runs]
+        ends = [(r / f"level_{level}/main/summary.json").stat().st_mtime for r in runs]
+        bounds[level] = (min(starts), max(ends))
+        walls = [
+            json.loads((r / f"level_{level}/main/summary.json").read_text())["wall_seconds"]
+            for r in runs
+        ]
+        print(
+            f"level {level}: {bounds[level][1] - bounds[level][0]:.1f} s for a pack of "
+            f"{len(runs)} (training loop {max(walls):.1f} s by the trainer's clock)"
+        )
+    level0 = bounds[0][1] - bounds[0][0]
+    # Level 1 from the end of level 0: its pruning, supermask and set-up included.
+    level1 = bounds[1][1] - bounds[0][1]
+    packs = -(-18 // len(runs))
+    total = packs * (level0 + 26 * level1)
+    print(
+        f"the LeNet study's sweep (18 runs, 27 levels) in {packs} packs of {len(runs)}: "
+        f"{packs} x ({level0:.1f} + 26 x {level1:.1f}) s = {total / 60:.1f} min"
+    )
+
+
+if __name__ == "__main__":
+    main()
