@@ -39,7 +39,7 @@ for step in $steps; do
         ;;
     packs)
         timeout 240 $PY benchmarks/pack_speed.py --dataset_root="$DATA" --rounds=3 --lenet_steps=1000 \
-            --resnet_steps=160 2>&1 | tee "$OUT/pack_speed.log"
+            --resnet_steps=160 ${PACK_FLAGS:-} 2>&1 | tee -a "$OUT/pack_speed.log"
         ;;
     sweep)
         # One pack of the LeNet study at its own settings (replicate 1: three strategies,

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_speed import load_spec, trainer_its  # noqa: E402
 
-from open_lth import registries  # noqa: E402
+from open_lth import evaluation, registries  # noqa: E402
 from open_lth.evaluation import evaluate_copies  # noqa: E402
 from open_lth.model_base import build_model  # noqa: E402
 from open_lth.stacked import stack  # noqa: E402
@@ -96,15 +96,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--lenet_steps", type=int, default=None, help="default 2000 (CPU 400)")
     parser.add_argument("--resnet_steps", type=int, default=300)
+    parser.add_argument(
+        "--nchw", action="store_true", help="convolutions in NCHW rather than channels_last"
+    )
     args = parser.parse_args()
     registries.load_plugins()
+    evaluation.CHANNELS_LAST = not args.nchw
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     graphs = "auto" if cuda else "off"
     lenet_k = numbers(args.lenet_k if args.lenet_k is not None else "1,2,4,8,16" if cuda else "1,3")
     resnet_k = numbers(args.resnet_k if args.resnet_k is not None else "1,2,4,8" if cuda else "")
-    name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"{name}, torch {torch.__version__}, step path: {'CUDA graphs' if cuda else 'eager'}")
+    name = (
+        torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    )
+    path = "CUDA graphs" if cuda else "eager"
+    layout = "NCHW" if args.nchw or not cuda else "channels_last"
+    print(f"{name}, torch {torch.__version__}, step path: {path}, convolutions {layout}")
     root = Path(args.dataset_root)
     results = {}
     if lenet_k:

@@ -21,21 +21,35 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Random crop after zero padding by `pad`, then a random horizontal flip, for a
-    whole batch (B, C, H, W) at once with one gather."""
-    b, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    device = x.device
+def crop_flip_draws(
+    b: int, pad: int, generator: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, ...]:
+    """The random offsets (dy, dx) and flips of `crop_flip` for a batch of b images."""
     dy = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=device, generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=device, generator=generator)
     flip = torch.rand((b, 1, 1), device=device, generator=generator) < 0.5
+    return dy, dx, flip
+
+
+def crop_flip_apply(
+    x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor
+) -> torch.Tensor:
+    """Crop after zero padding by `pad` at (dy, dx), then flip where `flip`, for a whole
+    batch (B, C, H, W) at once with one gather."""
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    device = x.device
     cols = torch.arange(w, device=device).view(1, 1, w)
     cols = torch.where(flip, w - 1 - cols, cols) + dx  # a flip is a reversed column index
     rows = torch.arange(h, device=device).view(1, h, 1) + dy
     batch = torch.arange(b, device=device).view(b, 1, 1)
     # Advanced indexing moves the channel axis last: (B, H, W, C) -> (B, C, H, W).
     return padded[batch, :, rows, cols].permute(0, 3, 1, 2)
+
+
+def crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding by `pad`, then a random horizontal flip."""
+    return crop_flip_apply(x, pad, *crop_flip_draws(len(x), pad, generator, x.device))
 
 
 class DeviceData:
@@ -75,6 +89,32 @@ class DeviceData:
         if generator is not None and self.augmentation == "crop_flip":
             x = crop_flip(x, self.pad, generator)
         return torch.addcmul(self._shift, x.float(), self._scale), self.labels[index]
+
+    def copies_batch(
+        self,
+        index: torch.Tensor,
+        generator: torch.Generator | None = None,
+        seeds: list[int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """K copies' batches at once: `index` (K, B) holds each copy's examples, and
+        `seeds` each copy's augmentation seed for this step. Returns images laid out for
+        a stacked network, (B, K·C, H, W), and labels (B, K). Each copy's images are
+        those `batch` gives it alone, to the bit (the same draws from its own seed), in
+        a fixed number of operations whatever K, so that a pack's step does not pay
+        for its data copy by copy."""
+        k, b = index.shape
+        x = self.images[index.reshape(-1)]
+        if generator is not None and self.augmentation == "crop_flip":
+            draws = []
+            for seed in seeds or []:
+                generator.manual_seed(seed)
+                draws.append(crop_flip_draws(b, self.pad, generator, x.device))
+            dy, dx, flip = (torch.cat(d) for d in zip(*draws, strict=True))
+            x = crop_flip_apply(x, self.pad, dy, dx, flip)
+        x = torch.addcmul(self._shift, x.float(), self._scale)
+        if k > 1:
+            x = x.view(k, b, *x.shape[1:]).transpose(0, 1).reshape(b, -1, *x.shape[2:])
+        return x, self.labels[index].t()
 
     def order(self, seed: int, epoch: int) -> torch.Tensor:
         """The seeded permutation of the examples for one epoch (on the device)."""

@@ -281,7 +281,7 @@ def train_copies(
     take_step = make_step(parts, graphs, device, type(base_net).__name__)
 
     generator = torch.Generator(device) if train_data.augmentation else None
-    orders: list[torch.Tensor] = []
+    orders = torch.empty(0)
     order_epoch = -1
     bar = tqdm(
         total=end,
@@ -321,19 +321,15 @@ def train_copies(
 
             epoch = it // ipe
             if epoch != order_epoch:
-                orders = [train_data.order(c.seeds.data_order, epoch) for c in copies]
+                orders = torch.stack([train_data.order(c.seeds.data_order, epoch) for c in copies])
                 order_epoch = epoch
-            xs, ys = [], []
-            for c, order in zip(copies, orders, strict=True):
-                index = order[(it % ipe) * batch_size : (it % ipe + 1) * batch_size]
-                if generator is not None:
-                    generator.manual_seed(derive_seed("augment", c.seeds.augmentation, it))
-                x, y = train_data.batch(index, generator)
-                xs.append(x)
-                ys.append(y)
-            x = xs[0] if k == 1 else torch.cat(xs, dim=1)
+            index = orders[:, (it % ipe) * batch_size : (it % ipe + 1) * batch_size]
+            seeds = None
+            if generator is not None:
+                seeds = [derive_seed("augment", c.seeds.augmentation, it) for c in copies]
+            x, y = train_data.copies_batch(index, generator, seeds)
             # Under torchrun the global batch was drawn above; each rank takes its slice.
-            x, y = distributed.shard(x), distributed.shard(torch.stack(ys, dim=1))
+            x, y = distributed.shard(x), distributed.shard(y)
             take_step(x, y, lr_at(it))
             state.steps += 1
             state.seen += len(x)

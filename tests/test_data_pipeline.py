@@ -77,3 +77,22 @@ def test_cifar_augments_train_only(tmp_path: Path) -> None:
     assert augmented.shape == plain.shape == (16, 3, 32, 32) and not torch.equal(plain, augmented)
     off, _ = load(DatasetHparams("cifar10", 128, do_not_augment=True), CIFAR, True, CPU)
     assert off.augmentation is None
+
+
+def test_the_copies_of_a_pack_get_their_own_batches_to_the_bit() -> None:
+    """A pack draws each copy's batch in one pass; each must be what the copy draws alone
+    (its examples, its augmentation seed), laid out along the channel axis."""
+    train, _ = load(DatasetHparams("cifar10", 128), CIFAR, True, CPU)
+    generator = torch.Generator()
+    index = torch.stack([train.order(s, 0)[:32] for s in (1, 2, 3)])
+    seeds = [11, 22, 33]
+    x, y = train.copies_batch(index, generator, seeds)
+    assert x.shape == (32, 9, 32, 32) and y.shape == (32, 3)
+    for k in range(3):
+        alone, labels = train.batch(index[k], generator.manual_seed(seeds[k]))
+        assert torch.equal(x[:, 3 * k : 3 * k + 3], alone) and torch.equal(y[:, k], labels)
+    one, _ = train.copies_batch(index[:1], generator, seeds[:1])
+    assert torch.equal(one, train.batch(index[0], generator.manual_seed(seeds[0]))[0])
+    mnist, _ = load(DatasetHparams("mnist", 60), DATA, True, CPU)
+    x, y = mnist.copies_batch(torch.stack([torch.arange(5), torch.arange(5, 10)]))
+    assert torch.equal(x[:, 1:], mnist.batch(torch.arange(5, 10))[0])

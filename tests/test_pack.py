@@ -62,6 +62,10 @@ def close(a: dict, b: dict, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
     return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol, atol) for k in a)
 
 
+def worst(a: dict, b: dict) -> str:
+    return f"largest difference {max((a[k] - b[k]).abs().max().item() for k in a):.3g}"
+
+
 MIXED = [
     ["--replicate=1", "--pruning_strategy=magnitude"],
     ["--replicate=2", "--pruning_strategy=fisher", "--fisher_examples=60"],
@@ -93,16 +97,20 @@ def test_a_mixed_pack_writes_what_its_runs_write_alone(cli, tmp_path: Path, devi
             # The same starting weights (reset: the replicate's init; re-init: its seed).
             assert close(load(paths.weights(a, 0)), load(paths.weights(p, 0)), 0, 0)
         # Over the first steps the stacked layers agree with the plain ones to float
-        # tolerance; level 1's mask comes from those weights.
+        # tolerance; level 1's mask comes from those weights. On CUDA, cuBLAS's batched
+        # and plain GEMMs round differently, and Adam turns a gradient near zero into a
+        # step of up to lr (1.2e-3) whichever its sign, so ten steps drift further (with
+        # other batches, ~1e-2).
+        atol = 1e-6 if device == "cpu" else 2e-3
         end0 = [load(paths.weights(level_dir(d, 0), 10)) for d in (alone, packed)]
-        assert close(*end0)
+        assert close(*end0, atol=atol), worst(*end0)
         masks = [load(paths.mask(level_dir(d, 1))) for d in (alone, packed)]
         agree = sum((masks[0][k] == masks[1][k]).sum().item() for k in masks[0])
         total = sum(m.numel() for m in masks[0].values())
         assert agree >= total - 2  # a tie at the threshold may fall either way
         if agree == total:
             end1 = [load(paths.weights(level_dir(d, 1), 10)) for d in (alone, packed)]
-            assert close(*end1, rtol=1e-4, atol=1e-5)
+            assert close(*end1, rtol=1e-4, atol=max(atol, 1e-5)), worst(*end1)
 
 
 def _iterations(root: Path) -> list[int]:
