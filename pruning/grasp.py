@@ -56,7 +56,7 @@ def hessian_gradient_product(
     for start in range(0, len(y), chunk):
         params = {**weights, **{n: weights[n].detach().requires_grad_() for n in names}}
         xc, yc = x[start : start + chunk], y[start : start + chunk]
-        out = functional_call(net, params, (xc,)).float() / temperature
+        out = functional_call(net, params, (xc,)) / temperature
         loss = F.cross_entropy(out, yc) * (len(yc) / len(y))
         leaves = [params[n] for n in names]
         grads = torch.autograd.grad(loss, leaves, create_graph=True)

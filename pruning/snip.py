@@ -40,7 +40,7 @@ def mean_loss_gradient(
     for start in range(0, len(y), chunk):
         params = {**weights, **{n: weights[n].detach().requires_grad_() for n in names}}
         xc, yc = x[start : start + chunk], y[start : start + chunk]
-        out = functional_call(net, params, (xc,)).float() / temperature
+        out = functional_call(net, params, (xc,)) / temperature
         loss = F.cross_entropy(out, yc) * (len(yc) / len(y))
         grads = torch.autograd.grad(loss, [params[n] for n in names])
         for t, g in zip(total, grads, strict=True):
