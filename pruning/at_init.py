@@ -184,6 +184,11 @@ class AtInitStrategy(Strategy):
     def resolve(
         cls, hparams: Hparams | None, levels: int, pruning: PruningHparams
     ) -> AtInitHparams:
+        if pruning.pruning_scope != "global":
+            raise UserError(
+                f"--pruning_scope={pruning.pruning_scope}: the one-shot strategies at "
+                "initialization rank all layers' scores together (global only)"
+            )
         hparams = hparams if hparams is not None else cls.hparams_type()
         return resolve_density(hparams, levels, pruning)
 

@@ -5,6 +5,7 @@ Hessian-gradient product against finite differences, the target count, the guard
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -373,3 +374,43 @@ def test_lottery_level_one_on_real_mnist(cli, tmp_path: Path, name: str) -> None
     }
     ticket, control = masks.load(level1 / "mask.pt"), masks.load(branch / "main" / "mask.pt")
     assert any(not torch.equal(ticket[n], control[n]) for n in ticket)
+    # main.py report draws it: accuracy vs density per method, the shuffle dotted.
+    code, _, err = cli("report", f"--root={tmp_path}", f"--out={tmp_path / 'report'}", "--quiet")
+    assert code == 0, err
+    index = (tmp_path / "report" / "index.md").read_text()
+    assert "## Pruning at initialization" in index and "| snip, shuffled |" in index
+    assert list((tmp_path / "report" / "pruning_at_init").glob("fig_pruning_at_init_*.png"))
+
+
+# --- the study script ---
+
+
+def test_study_script_builds_its_grid(tmp_path: Path) -> None:
+    from experiments import pruning_at_init as study
+    from experiments import sweep
+
+    parser = argparse.ArgumentParser()
+    sweep.add_args(parser)
+    study.add_args(parser)
+    args = parser.parse_args(["--quick", f"--root={tmp_path}", f"--dataset_root={DATA}"])
+    lotteries, branches = study.build(args)
+    # LeNet: 4 iterative runs + 5 one-shot x 2 densities; ResNet-20: 4 + 5 x 1.
+    assert len(lotteries) == 4 + 10 + 4 + 5
+    one_shot = [r for r in lotteries if "--levels=1" in r]
+    assert {sweep.flag_value(r, "--target_density") for r in one_shot} == {
+        "0.25", "0.0625", "0.64",
+    }  # fmt: skip
+    gem = [r for r in one_shot if "--pruning_strategy=gem_miner" in r]
+    assert all("--gem_miner_steps=6it" in r for r in gem)
+    assert not any(a.startswith("--pruning_layers_to_ignore") for r in gem for a in r)
+    assert all(r[:2] == ["lottery_branch", "randomly_prune"] for r in branches)
+    assert all("--random_mask_scope=layerwise" in r for r in branches)
+    strip = lambda r: [a for a in r if not a.startswith("--levels=")]  # noqa: E731
+    parents = [strip(r[1:]) for r in lotteries]
+    for run in branches:
+        assert [a for a in strip(run[2:]) if a != "--random_mask_scope=layerwise"] in parents
+    # Every run is a valid command (its folder resolves), and nothing is written.
+    for run in lotteries[4:14] + branches[:2]:
+        folder, error = sweep.locate(run)
+        assert error is None, (run, error)
+    assert not list(tmp_path.iterdir())
