@@ -307,6 +307,7 @@ def test_layer_collapse_stops_the_run_naming_the_layer(cli, tmp_path: Path) -> N
             "magnitude_at_init, snip, synflow, not magnitude",
         ),
         (["--pruning_strategy=magnitude_at_init", "--target_density=1e-9"], "keeps no weights"),
+        (["--pruning_strategy=snip", "--pruning_scope=layerwise"], "(global only)"),
     ],
 )
 def test_bad_input(cli, tmp_path: Path, flags: list[str], expected: str) -> None:
