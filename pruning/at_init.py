@@ -174,8 +174,8 @@ def masked_start(ctx: PruneContext) -> dict[str, torch.Tensor]:
 
 
 class AtInitStrategy(Strategy):
-    """A one-shot strategy scoring the level's starting weights; the highest scores
-    (after `removal_order`) survive, down to --target_density in one step."""
+    """A one-shot strategy scoring the level's starting weights: the highest scores
+    survive, down to --target_density in one step (a subclass may prune in rounds)."""
 
     hparams_type: ClassVar[type[AtInitHparams]] = AtInitHparams
     one_shot = True
