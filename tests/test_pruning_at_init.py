@@ -236,6 +236,28 @@ def test_ignored_layers_keep_their_weights(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("name", list(HPARAMS))
+def test_a_resnet_with_batchnorm_and_an_ignored_layer(name: str, tmp_path: Path) -> None:
+    """Convolutions, BatchNorm and shortcuts: the exact count, fc.weight kept, and the
+    level's starting weights and BatchNorm statistics untouched (scoring runs on a copy)."""
+    hp = ModelHparams("cifar_resnet_8", "kaiming_normal", "uniform")
+    start = build_model(hp, 10, seed=1)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (120, 3, 32, 32), generator=g, dtype=torch.uint8)
+    train = DeviceData(images, torch.arange(120) % 10, (0.5,) * 3, (0.25,) * 3, None, 4, CPU)
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    ctx = PruneContext(
+        start, masks.dense(start), train, PruningHparams(name), 5, 1, start, 16, tmp_path, True
+    )
+    strategy = registries.strategies.get(name)(HPARAMS[name](target_density=0.1))
+    mask = strategy.prune(ctx, ["fc.weight"])
+    assert mask["fc.weight"].all()
+    assert sum(int(m.sum()) for m in mask.values()) == strategy.kept(
+        ctx.mask, ["fc.weight"], ctx.pruning
+    )
+    assert all(torch.equal(before[k], v) for k, v in start.state_dict().items())
+
+
 # --- the guards ---
 
 
