@@ -11,6 +11,8 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -437,3 +439,17 @@ def test_study_script_builds_its_grid(tmp_path: Path) -> None:
         folder, error = sweep.locate(run)
         assert error is None, (run, error)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_folder_made_before_allow_layer_collapse_shares_the_setting() -> None:
+    from experiments import load
+
+    rows = [
+        {"kind": "lottery", "model.model_name": "m", "pruning.pruning_fraction": 0.2},
+        {"kind": "lottery", "model.model_name": "m", "pruning.pruning_fraction": 0.2},
+    ]
+    frame = pd.DataFrame(rows)
+    frame["pruning.allow_layer_collapse"] = [False, np.nan]
+    assert frame.pipe(load._settings).nunique() == 1
+    frame["pruning.allow_layer_collapse"] = [True, np.nan]
+    assert frame.pipe(load._settings).nunique() == 2
