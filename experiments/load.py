@@ -323,7 +323,11 @@ def _settings(frame: pd.DataFrame) -> pd.Series:
         cols = [c for c in part.columns if c.split(".")[0] in groups and c not in skip]
         cols = [c for c in cols if part[c].notna().any()]
         for index, record in zip(part.index, part[sorted(cols)].to_dict("records"), strict=True):
-            key = "|".join(f"{k}={v!r}" for k, v in record.items() if not _missing(v))
+            # A False flag is a boolean's default (the convention): a folder made before
+            # the flag existed (no value) shares the setting of one made after.
+            key = "|".join(
+                f"{k}={v!r}" for k, v in record.items() if not _missing(v) and v is not False
+            )
             keys[index] = (is_train, key)
             if (is_train, key) not in labels:
                 parts = [record.get(c) for c in ("model.model_name", "dataset.dataset_name")]

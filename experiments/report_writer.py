@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments import load, plots
+from experiments import load, plots, plots_at_init
 
 
 def slug(text: str) -> str:
@@ -49,6 +49,7 @@ class Report:
         settings = self.runs.loc[self.runs["kind"] != "train", "setting"].dropna().unique()
         for setting in settings:
             lines += self.setting_section(str(setting))
+        lines += self.at_init_section()
         lines += self.train_section()
         lines += self.unfinished_section()
         if self.skipped:
@@ -200,6 +201,27 @@ class Report:
         print(f"note: skipped {note}")
 
     # ------------------------------------------------------------------ other sections
+
+    def at_init_section(self) -> list[str]:
+        """experiments/pruning_at_init.py: accuracy against density per method and model."""
+        if not plots_at_init.has_runs(self.runs):
+            return []
+        lines = ["## Pruning at initialization", ""]
+        data = plots_at_init.frame(self.runs)
+        for model, part in data.groupby("model"):
+            name = f"fig_pruning_at_init_{slug(model)}"
+            try:
+                fig = plots_at_init.accuracy_vs_density(part, model)
+            except Exception as e:
+                self.skip(model, "pruning at initialization", e)
+                continue
+            plots.save(fig, self.out / "pruning_at_init", name)
+            self.figure_count += 1
+            self.say(f"  pruning_at_init/{name}.png")
+            text = plots.frame_markdown(plots_at_init.table(part), ".2f")
+            lines += [f"### {model}: test accuracy vs % of weights remaining", ""]
+            lines += [f"![{model}](pruning_at_init/{name}.png)", "", text, ""]
+        return lines
 
     def train_section(self) -> list[str]:
         train = self.runs[self.runs["kind"] == "train"]

@@ -83,12 +83,19 @@ class Hparams:
 
     @classmethod
     def add_args(
-        cls, parser: argparse.ArgumentParser, defaults: Hparams | None = None, prefix: str = ""
+        cls,
+        parser: argparse.ArgumentParser,
+        defaults: Hparams | None = None,
+        prefix: str = "",
+        exclude: frozenset[str] = frozenset(),
     ) -> None:
-        """Add one flag per field; `defaults` (e.g. a model's) replace the field defaults."""
+        """Add one flag per field; `defaults` (e.g. a model's) replace the field defaults.
+        Fields in `exclude` have their flag already (one shared by several groups)."""
         group = parser.add_argument_group(cls._name, cls._description)
         types = cls.field_types()
         for f in fields(cls):
+            if f.name in exclude:
+                continue
             flag = f"--{prefix}{f.name}"
             helptext = f.metadata.get("help", "")
             default = getattr(defaults, f.name) if defaults is not None else f.default
@@ -245,6 +252,11 @@ class PruningHparams(Hparams):
         "global pruning: remove the fraction of the surviving weights outside the ignored "
         "layers (this framework's count before format 2) instead of the fraction of all "
         "surviving prunable weights (open_lth's sparse_global)",
+    )
+    allow_layer_collapse: bool = hp(
+        False,
+        "let a level remove every weight of a layer (by default that stops the run, naming "
+        "the layer: the network's output no longer depends on its input)",
     )
 
     _name: ClassVar[str] = "Pruning Hyperparameters"

@@ -26,6 +26,7 @@ from open_lth import formats, masks, paths, registries
 from open_lth.data import derive_seed
 from open_lth.errors import UserError
 from open_lth.evaluation import evaluate
+from open_lth.hparams import PruningHparams
 from open_lth.interpolation import recompute_bn_stats
 from open_lth.lottery_desc import LotteryDesc
 from open_lth.model_base import Model, build_model
@@ -132,7 +133,10 @@ class Levels:
                 workdir=path.parent,
                 quiet=self.quiet,
             )
-            mask = self.strategy().prune(ctx, self.ignored)
+            strategy = self.strategy()
+            mask = strategy.prune(ctx, self.ignored)
+            intended = strategy.kept(ctx.mask, self.ignored, p)
+            check_level_mask(ctx.mask, mask, self.ignored, intended, level, p)
         masks.save(mask, path)
         report = masks.report(mask, self.ignored)
         atomic_write_json(path.parent / "sparsity_report.json", report)
@@ -148,6 +152,33 @@ class Levels:
         if level > 0:
             load_weights(model, paths.weights(level_dir(self.replicate_dir, 0), start))
         return model, start
+
+
+def check_level_mask(
+    previous: Mask,
+    mask: Mask,
+    ignored: list[str],
+    intended: int | None,
+    level: int,
+    pruning: PruningHparams,
+) -> None:
+    """Before a level's mask is saved: it removes only surviving weights, none of an
+    ignored layer, keeps exactly the count its strategy intends (an internal error if
+    not), and leaves no layer empty unless --allow_layer_collapse (a user's line)."""
+    strategy = pruning.pruning_strategy
+    for n, m in mask.items():
+        if (m & ~previous[n]).any() or (n in ignored and not torch.equal(m, previous[n])):
+            raise RuntimeError(f"{strategy} at level {level} revived or pruned {n} wrongly")
+    kept = sum(int(m.sum()) for m in mask.values())
+    if intended is not None and kept != intended:
+        raise RuntimeError(f"{strategy} at level {level} kept {kept} weights, intended {intended}")
+    empty = [n for n, m in mask.items() if not m.any()]
+    if empty and not pruning.allow_layer_collapse:
+        raise UserError(
+            f"layer collapse: --pruning_strategy={strategy} at level {level} removes every weight "
+            f"of {', '.join(empty)}, so the output no longer depends on the input; prune less, "
+            "or add --allow_layer_collapse (a new run)"
+        )
 
 
 def has_batchnorm(model: torch.nn.Module) -> bool:

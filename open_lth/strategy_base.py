@@ -72,6 +72,12 @@ class Strategy(abc.ABC):
         """Raise UserError on values that need the model or the data, before anything
         is written."""
 
+    def kept(self, previous: Mask, ignore: list[str], pruning: PruningHparams) -> int | None:
+        """How many weights in total the mask `prune` makes from `previous` keeps,
+        computed from the counts alone: the lottery checks every level's mask against it
+        to the weight (None: no check)."""
+        return None
+
     @abc.abstractmethod
     def prune(self, ctx: PruneContext, ignore: list[str]) -> Mask:
         """Level L's mask: a subset of `ctx.mask` that keeps every weight in `ignore`."""

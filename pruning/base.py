@@ -8,7 +8,7 @@ import torch
 
 from open_lth.hparams import PruningHparams
 from open_lth.strategy_base import Mask, PruneContext, Strategy
-from pruning.select import select
+from pruning.select import kept_count, select
 
 
 class ScoreStrategy(Strategy):
@@ -41,4 +41,13 @@ class ScoreStrategy(Strategy):
             p.pruning_scope,
             ignore,
             count_ignored=not p.pruning_count_without_ignored,
+        )
+
+    def kept(self, previous: Mask, ignore: list[str], pruning: PruningHparams) -> int:
+        return kept_count(
+            previous,
+            pruning.pruning_fraction,
+            pruning.pruning_scope,
+            ignore,
+            count_ignored=not pruning.pruning_count_without_ignored,
         )

@@ -35,11 +35,9 @@ event) ends with the mask an uninterrupted one finds.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import sys
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import ClassVar
 
 import torch
@@ -56,18 +54,16 @@ from open_lth.step import Step
 from open_lth.store import atomic_torch_save, torch_load
 from open_lth.strategy_base import Mask, PruneContext, Strategy
 from open_lth.trainer import Interrupted, iterations_per_epoch, signals_to_flag
+from pruning.at_init import AtInitHparams, resolve_density
 from pruning.select import lowest
 
 CHECKPOINT = "gem_miner_checkpoint.pt"
 
 
 @dataclass
-class GemMinerHparams(Hparams):
-    target_density: float | None = hp(
-        None,
-        "fraction of the prunable (non-ignored) weights kept; default: the density that "
-        "--levels levels of --pruning_fraction pruning reach, e.g. 0.8^8 = 0.168",
-    )
+class GemMinerHparams(AtInitHparams):
+    # target_density (the first field, from AtInitHparams, shared with the other one-shot
+    # strategies): Gem-Miner counts it against the scored layers' weights only.
     gem_miner_steps: str = hp(
         "150ep",
         "length of the score search's schedule (the released 150 epochs; e.g. 3ep for a "
@@ -87,9 +83,7 @@ class GemMinerHparams(Hparams):
     _step_fields: ClassVar[tuple[str, ...]] = ("gem_miner_steps", "gem_miner_prune_every")
 
     def validate(self) -> None:
-        d = self.target_density
-        if d is not None and not 0 < d < 1:
-            raise UserError(f"--target_density must be in (0, 1), got {d}")
+        super().validate()
         if not self.gem_miner_lr > 0:
             raise UserError(f"--gem_miner_lr must be positive, got {self.gem_miner_lr}")
         momentum, lam = self.gem_miner_momentum, self.gem_miner_lambda
@@ -187,16 +181,14 @@ class GemMinerStrategy(Strategy):
         cls, hparams: Hparams | None, levels: int, pruning: PruningHparams
     ) -> GemMinerHparams:
         hparams = hparams if hparams is not None else GemMinerHparams()
-        if hparams.target_density is not None:
-            return hparams
-        # Exact: (1 - 0.2)^8 is 0.16777216, not 0.1677721600000001, in the run name.
-        density = float((1 - Fraction(repr(pruning.pruning_fraction))) ** max(levels, 1))
-        if density <= 0:
-            raise UserError(
-                f"--levels {levels} of --pruning_fraction {pruning.pruning_fraction} keep no "
-                "weights; give --target_density"
-            )
-        return dataclasses.replace(hparams, target_density=density)
+        return resolve_density(hparams, levels, pruning)
+
+    def kept(self, previous: Mask, ignore: list[str], pruning: PruningHparams) -> int:
+        """round(target_density × the scored layers' weights), plus the ignored layers'."""
+        hparams = self.hparams if self.hparams is not None else GemMinerHparams()
+        scored = [n for n in previous if n not in ignore]
+        fixed = sum(int(previous[n].sum()) for n in previous if n in ignore)
+        return round(hparams.target_density * sum(previous[n].numel() for n in scored)) + fixed
 
     def prune(self, ctx: PruneContext, ignore: list[str]) -> Mask:
         hparams = self.hparams if self.hparams is not None else GemMinerHparams()

@@ -72,3 +72,18 @@ def select(
             flat = new[n].view(-1)
             flat[alive[i][here.to(alive[i].device)]] = False
     return new
+
+
+def kept_count(
+    mask: Mask, fraction: float, scope: str, ignore: list[str], count_ignored: bool = True
+) -> int:
+    """How many weights `select` keeps in total, from the counts alone (the lottery
+    checks every level's mask against it)."""
+    names = [n for n in mask if n not in ignore]
+    alive = {n: int(mask[n].sum()) for n in mask}
+    if scope == "layerwise":
+        removed = sum(count_to_prune(fraction, alive[n]) for n in names)
+    else:
+        counted = sum(alive[n] for n in (mask if count_ignored else names))
+        removed = count_to_prune(fraction, counted)
+    return sum(alive.values()) - removed

@@ -189,9 +189,9 @@ def test_killed_lottery_resumes_to_the_same_masks_and_weights(cli, tmp_path: Pat
     "flags,expected",
     [
         (
-            ["--pruning_strategy=snip"],
-            "unknown pruning strategy 'snip'; known pruning strategies: "
-            "fisher, gem_miner, magnitude, random",
+            ["--pruning_strategy=obd"],
+            "unknown pruning strategy 'obd'; known pruning strategies: fisher, gem_miner, grasp, "
+            "magnitude, magnitude_at_init, random, snip, synflow",
         ),
         (["--pruning_fraction=1.0"], "--pruning_fraction must be in (0, 1), got 1.0"),
         (["--pruning_fraction=0"], "--pruning_fraction must be in (0, 1)"),

@@ -1,0 +1,99 @@
+"""SynFlow (Tanaka et al. 2020, "Pruning neural networks without any data by
+iteratively conserving synaptic flow"): data-free. With every parameter and buffer
+replaced by its absolute value (the released `linearize`), R = 1ᵀ(∏ₗ|Wₗ|)1 is the sum
+of the network's output on an all-ones input, and the score is |∂R/∂w ⊙ w|, kept
+highest. As the released code: BatchNorm in eval mode, float64, and --synflow_rounds
+rounds (100) that each re-score the survivors and prune to the next density of an
+exponential schedule, n₀·(target/n₀)^(r/R) kept after round r, the last exactly the
+target (the same rounding as Gem-Miner's events).
+
+Only the input's shape is needed: the training set's example shape where there is
+one, else the first layer's input width (a network of linear layers)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch.func import functional_call
+
+from open_lth import registries
+from open_lth.errors import UserError
+from open_lth.hparams import hp
+from open_lth.strategy_base import Mask, PruneContext
+from pruning.at_init import AtInitHparams, AtInitStrategy, keep_highest, target_kept
+from pruning.gem_miner import kept_after
+
+
+@dataclass
+class SynflowHparams(AtInitHparams):
+    synflow_rounds: int = hp(100, "synflow: rounds of the exponential schedule (the released 100)")
+
+    _name: ClassVar[str] = "SynFlow Hyperparameters"
+    _description: ClassVar[str] = "Iterative synaptic flow pruning, without data."
+
+    def validate(self) -> None:
+        super().validate()
+        if self.synflow_rounds < 1:
+            raise UserError(f"--synflow_rounds must be at least 1, got {self.synflow_rounds}")
+
+
+def input_shape(ctx: PruneContext) -> tuple[int, ...]:
+    if ctx.train_data is not None:
+        return tuple(ctx.train_data.images.shape[1:])  # the shape only: no example is read
+    first = next((m for m in ctx.start_model.modules() if hasattr(m, "in_features")), None)
+    if first is None:
+        raise UserError("synflow: without data, the input shape is known for linear nets only")
+    return (first.in_features,)
+
+
+def linearized(model: torch.nn.Module) -> torch.nn.Module:
+    """A float64 copy in eval mode whose every parameter and buffer is |value|."""
+    net = copy.deepcopy(model).double().eval().requires_grad_(False)
+    with torch.no_grad():
+        for value in net.state_dict().values():
+            if value.is_floating_point():
+                value.abs_()
+    return net
+
+
+def synflow_scores(
+    net: torch.nn.Module, mask: Mask, names: list[str], shape: tuple[int, ...]
+) -> dict[str, torch.Tensor]:
+    """|∂R/∂w ⊙ w| for the weights `names` of a linearized `net` under `mask`."""
+    params = dict(net.named_parameters())
+    weights = {
+        n: (params[n] * mask[n].to(params[n].device, params[n].dtype)).requires_grad_()
+        for n in names
+    }
+    ones = torch.ones((1, *shape), dtype=torch.float64, device=params[names[0]].device)
+    r = functional_call(net, {**params, **weights}, (ones,)).sum()
+    grads = torch.autograd.grad(r, [weights[n] for n in names])
+    return {n: (g * weights[n]).detach().abs() for n, g in zip(names, grads, strict=True)}
+
+
+@registries.strategies.register("synflow")
+class Synflow(AtInitStrategy):
+    hparams_type = SynflowHparams
+    description = "SynFlow: data-free |dR/dw · w|, --synflow_rounds rounds to --target_density"
+
+    def scores(self, ctx: PruneContext, ignore: list[str]) -> dict[str, torch.Tensor]:
+        net = linearized(ctx.start_model)
+        names = [n for n in ctx.mask if n not in ignore]
+        return synflow_scores(net, ctx.mask, names, input_shape(ctx))
+
+    def prune(self, ctx: PruneContext, ignore: list[str]) -> Mask:
+        _, target = target_kept(self._density(), ctx.mask, ignore, ctx.pruning)
+        net = linearized(ctx.start_model)
+        names = [n for n in ctx.mask if n not in ignore]
+        shape = input_shape(ctx)
+        mask = {n: m.clone() for n, m in ctx.mask.items()}
+        n0 = sum(int(mask[n].sum()) for n in names)
+        rounds = self.settings.synflow_rounds
+        for r in range(1, rounds + 1):
+            kept = kept_after(r, rounds, n0, target)
+            if kept < sum(int(mask[n].sum()) for n in names):
+                mask = keep_highest(synflow_scores(net, mask, names, shape), mask, ignore, kept)
+        return mask
