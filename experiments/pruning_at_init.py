@@ -76,7 +76,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--models", default="lenet,resnet", help="lenet, resnet or both")
     group.add_argument("--methods", default=",".join(METHODS), help="comma-separated")
     group.add_argument("--cifar_dataset_root", help="CIFAR-10's folder (default: --dataset_root)")
-    group.add_argument("--replicates", type=int, help="replicates 1..N (default 3; quick 1)")
+    group.add_argument("--replicates", help="replicates, e.g. 1-3,7 (default 1-3; quick 1)")
     group.add_argument("--levels", help="the densities 0.8^L (quick 0.5^L) as levels, e.g. 6,12,18")
     group.add_argument("--training_steps", help="every training this long (default: the studies')")
     group.add_argument("--no_shuffle", action="store_true", help="leave out the shuffle ablation")
@@ -140,9 +140,9 @@ def build(args: argparse.Namespace) -> sweep.Phases:
             continue
         plan = _plan(args, model)
         study_args = _study_args(args, model, plan)
-        replicates = args.replicates or (1 if args.quick else 3)
+        replicates = args.replicates or ("1" if args.quick else "1-3")
         imp_levels = ",".join(str(L) for L in plan["levels"])
-        for replicate in range(1, replicates + 1):
+        for replicate in sweep.replicates(replicates):
             iterative = {
                 "imp_reset": ("magnitude", []),
                 "imp_rewind": ("magnitude", [f"--rewinding_steps={plan['rewind']}"]),

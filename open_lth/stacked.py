@@ -32,6 +32,16 @@ class StackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
+        if x.device.type == "cpu":
+            # On a CPU one plain matmul per copy, reading its columns in place (BLAS takes
+            # the row stride): bmm there needs both operands copied into (K, N, in)
+            # layout first and ran a pack of three LeNets 30% slower than alone.
+            # unbind, not indexing: its backward is one stack, not K zero-filled copies.
+            xs = x.reshape(-1, self.k, self.in_features).unbind(1)
+            bias = [None] * self.k if self.bias is None else self.bias.unbind(0)
+            ws = self.weight.unbind(0)
+            y = [nn.functional.linear(a, w, b) for a, w, b in zip(xs, ws, bias, strict=True)]
+            return torch.stack(y, dim=1).reshape(*lead, self.k * self.out_features)
         x = x.reshape(-1, self.k, self.in_features).transpose(0, 1)  # (K, N, in)
         if self.bias is None:
             y = torch.bmm(x, self.weight.transpose(1, 2))
