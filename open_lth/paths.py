@@ -11,6 +11,11 @@ def checkpoint(directory: Path) -> Path:
     return Path(directory) / "checkpoint.pt"
 
 
+def previous_checkpoint(directory: Path) -> Path:
+    """A pack keeps each run's checkpoint before the last one (see open_lth.runner_pack)."""
+    return Path(directory) / "checkpoint_previous.pt"
+
+
 def metrics(directory: Path) -> Path:
     return Path(directory) / "metrics.csv"
 

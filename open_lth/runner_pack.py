@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import shlex
 from pathlib import Path
 
@@ -131,6 +132,7 @@ class PackRunner(Runner):
         training = first.desc.training
         data = levels[0].data
         groups: dict[tuple, list[tuple[int, Copy, object]]] = {}
+        align_checkpoints([level_dir(levels[i].replicate_dir, level) for i in todo])
         for i in todo:
             lv, m = levels[i], self.members[i]
             out = level_dir(lv.replicate_dir, level)
@@ -176,6 +178,33 @@ def _write_summary(out: Path, level: int, quiet: bool) -> None:
     if not quiet:
         replicate = out.parent.parent.name
         print(f"level {level} {replicate}: test accuracy {summary['final_test_accuracy']:.4f}")
+
+
+def _iteration(path: Path) -> int | None:
+    return int(torch_load(path)["iteration"]) if path.exists() else None
+
+
+def align_checkpoints(outs: list[Path]) -> None:
+    """Put the runs of a killed pack back at one iteration, so that they resume as one
+    pack, to the bits of a pack never killed. A pack replaces its K checkpoints one
+    after the other; a kill in between leaves some runs one checkpoint ahead, and those
+    roll back to the checkpoint they kept before it (`paths.previous_checkpoint`). A kill
+    while the first K are written leaves some runs with none: the others drop their
+    first (nothing kept before it) and all start the level afresh together."""
+    at = {out: _iteration(paths.checkpoint(out)) for out in outs}
+    found = {it for it in at.values() if it is not None}
+    if len(found) < 2 and not (found and None in at.values()):
+        return
+    low = min(found)
+    for out, it in at.items():
+        if it is not None and it > low:
+            previous = paths.previous_checkpoint(out)
+            if _iteration(previous) == low:
+                os.replace(previous, paths.checkpoint(out))
+    if None in at.values():
+        for out, it in at.items():
+            if it is not None and it == low and not paths.previous_checkpoint(out).exists():
+                paths.checkpoint(out).unlink()
 
 
 def _resume_key(out: Path, start: int) -> tuple[bool, int, int]:

@@ -10,6 +10,7 @@ import fcntl
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,20 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     buffer = io.BytesIO()
     torch.save(to_cpu(obj), buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def keep_previous(path: Path, previous: Path) -> None:
+    """Make `previous` a copy of `path` (a hard link, so free) before `path` is replaced;
+    `path` stays valid throughout."""
+    if not distributed.is_primary() or not path.exists():
+        return
+    temporary = previous.with_name(previous.name + ".tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(path, temporary)
+    except OSError:  # a file system without hard links (some network or FUSE mounts)
+        shutil.copyfile(path, temporary)
+    os.replace(temporary, previous)
 
 
 def torch_load(path: Path, device: torch.device | str = "cpu") -> Any:

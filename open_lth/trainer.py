@@ -35,7 +35,7 @@ from open_lth.stacked import (
     unstack_state,
 )
 from open_lth.step import Step
-from open_lth.store import atomic_torch_save, torch_load
+from open_lth.store import atomic_torch_save, keep_previous, torch_load
 from open_lth.train_step import StepParts, make_step, set_capturable
 
 Mask = dict[str, torch.Tensor]
@@ -267,6 +267,10 @@ def train_copies(
         models_states = unstack(base_net.state_dict())
         optimizer_states = unstack_optimizer_state(optimizer_state, base_net)
         for j in live():
+            # The K files cannot be replaced at once: a kill between two of them leaves
+            # runs one checkpoint apart, and the one ahead rolls back to this previous one
+            # (open_lth.runner_pack), so that the pack resumes together, to the bit.
+            keep_previous(ckpt_paths[j], paths.previous_checkpoint(copies[j].out))
             ckpt = {"model": models_states[j], "optimizer": optimizer_states[j]}
             atomic_torch_save(
                 ckpt_paths[j], {**ckpt, "rng_cpu": torch.get_rng_state(), **state.dump(j)}
@@ -343,6 +347,7 @@ def train_copies(
     if distributed.is_primary():
         for j in live() if independent else range(1):
             ckpt_paths[j].unlink(missing_ok=True)
+            paths.previous_checkpoint(copies[j].out).unlink(missing_ok=True)
     distributed.barrier()  # what the next stage reads is written
     return dict(state.diverged)
 

@@ -17,7 +17,7 @@ import torch
 
 from conftest import DATA, REPO
 from experiments import packs
-from open_lth import paths
+from open_lth import paths, runner_pack
 from open_lth.lottery import Levels, level_dir
 from open_lth.metrics import read_rows
 
@@ -152,6 +152,10 @@ def test_a_killed_pack_resumes_to_the_uninterrupted_pack_and_its_runs_alone(
     assert stopped, "level 1 of the pack never checkpointed"
     # A copy of the killed runs: replicate 2 resumes alone from its own checkpoint.
     shutil.copytree(tmp_path / "killed", tmp_path / "alone")
+    # As if the kill had come while the pack replaced its checkpoints: replicate 2 still
+    # at the one before. Replicate 1 rolls back to it, and the pack resumes as one.
+    (lagging,) = (tmp_path / "killed").glob("lottery_*/replicate_2/level_1/main")
+    os.replace(paths.previous_checkpoint(lagging), paths.checkpoint(lagging))
     assert cli(*lottery(tmp_path / "killed", *flags, steps="200it", every="100it"))[0] == 0
     code, _, err = cli(*lottery(tmp_path / "alone", "--replicate=2", steps="200it", every="100it"))
     assert code == 0, err
@@ -260,3 +264,34 @@ def test_a_sweep_groups_compatible_runs_into_packs(tmp_path: Path) -> None:
     assert [shlex.split(a) for a in entries[0].run[1:]] == runs[:3]
     assert [len(e.members) for e in packs.group(todo, 2)] == [1, 2, 1]  # as even as can be
     assert [len(e.members) for e in packs.group(todo, 1)] == [1, 1, 1, 1]
+
+
+def _checkpoint(folder: Path, it: int, previous: int | None = None) -> Path:
+    folder.mkdir(parents=True)
+    torch.save({"iteration": it}, paths.checkpoint(folder))
+    if previous is not None:
+        torch.save({"iteration": previous}, paths.previous_checkpoint(folder))
+    return folder
+
+
+def _at(folder: Path) -> int | None:
+    path = paths.checkpoint(folder)
+    return int(load(path)["iteration"]) if path.exists() else None
+
+
+def test_runs_of_a_pack_killed_between_checkpoints_resume_at_one_iteration(
+    tmp_path: Path,
+) -> None:
+    ahead = _checkpoint(tmp_path / "a", 30, previous=20)
+    behind = _checkpoint(tmp_path / "b", 20, previous=10)
+    runner_pack.align_checkpoints([ahead, behind])
+    assert (_at(ahead), _at(behind)) == (20, 20)
+    # Killed while the first checkpoints were written: all start afresh.
+    first = _checkpoint(tmp_path / "c", 0)
+    (tmp_path / "d").mkdir()
+    runner_pack.align_checkpoints([first, tmp_path / "d"])
+    assert _at(first) is None
+    # Already together: untouched.
+    same = [_checkpoint(tmp_path / "e", 40, 30), _checkpoint(tmp_path / "f", 40, 30)]
+    runner_pack.align_checkpoints(same)
+    assert [_at(f) for f in same] == [40, 40]
