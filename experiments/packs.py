@@ -28,6 +28,16 @@ class Entry:
     members: list[tuple[Run, Path | None]]
 
 
+# The run folders of each pack command made in this process, so that what the executors
+# record (experiments/status.py) is per run, not per pack.
+_MEMBERS: dict[tuple[str, ...], list[tuple[Run, Path | None]]] = {}
+
+
+def members(run: Run, location: Path | None) -> list[tuple[Run, Path | None]]:
+    """The runs (and their folders) a command trains: a pack's, else itself."""
+    return _MEMBERS.get(tuple(run), [(run, location)])
+
+
 def default_size(runs: list[Run]) -> int:
     """8 runs a pack on CUDA, where one small run leaves the GPU idle; 1 on a CPU, which
     a single run already keeps busy."""
@@ -74,5 +84,6 @@ def group(todo: list[tuple[Run, Path | None]], size: int) -> list[Entry]:
         for i in range(count):
             part = members[i * len(members) // count : (i + 1) * len(members) // count]
             run = part[0][0] if len(part) == 1 else pack_command([r for r, _ in part])
+            _MEMBERS[tuple(run)] = part
             entries.append(Entry(run, part[0][1], part))
     return entries + alone

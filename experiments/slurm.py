@@ -29,7 +29,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from experiments import status
+from experiments import packs, status
 
 FLAGS = (
     "slurm_partition",
@@ -200,15 +200,16 @@ def submit(
         jobs = executor.submit_array(tasks)
         arrays.append(jobs[0].job_id.split("_")[0])
         for job, (run, location) in zip(jobs, todo, strict=True):
-            status.record(
-                root,
-                executor="slurm",
-                phase=number,
-                job_id=job.job_id,
-                log=str(job.paths.stdout),
-                location=str(location),
-                run=run,
-            )
+            for member, folder in packs.members(run, location):  # a pack: a line per run
+                status.record(
+                    root,
+                    executor="slurm",
+                    phase=number,
+                    job_id=job.job_id,
+                    log=str(job.paths.stdout),
+                    location=str(folder),
+                    run=member,
+                )
         after = f", after {arrays[-2]}" if len(arrays) > 1 else ""
         print(f"phase {number}: submitted array {arrays[-1]} ({len(jobs)} tasks){after}")
     print(f"logs under {root / 'slurm' / stamp}; progress: python main.py status --root={root}")

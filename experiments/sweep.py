@@ -215,15 +215,16 @@ def run_phase(
     gpus = gpu_ids()
     failed: list[Run] = []
 
-    def note(location: Path | None, **entry: object) -> None:
+    def note(run: Run, location: Path | None, **entry: object) -> None:
         if root is not None:
-            status.record(root, executor="local", location=str(location), **entry)
+            for member, folder in packs.members(run, location):  # a pack: a line per run
+                status.record(root, executor="local", location=str(folder), run=member, **entry)
 
     if jobs <= 1:
         for i, (run, location) in enumerate(runs):
             print(f"[{start + i + 1}] {shell(run)}", flush=True)
             process = subprocess.Popen(command(run), cwd=REPO, env=job_env(0, 1, gpus))
-            note(location, job_id=process.pid, log=None, run=run)
+            note(run, location, job_id=process.pid, log=None)
             try:
                 code = process.wait()
             except KeyboardInterrupt:
@@ -231,7 +232,7 @@ def run_phase(
                 raise
             if code != 0:
                 print(f"[{start + i + 1}] failed with exit status {code}: {location}", flush=True)
-                note(location, exit=code)
+                note(run, location, exit=code)
                 failed.append(run)
         return failed
     assert log_dir is not None
@@ -256,7 +257,7 @@ def run_phase(
                 device = f" on GPU {gpus[slot % len(gpus)]}" if gpus else ""
                 print(f"[{start + i + 1}] started{device}: {location}  (log {log})", flush=True)
                 active[slot] = (process, run, handle, start + i + 1, log, location)
-                note(location, job_id=process.pid, log=str(log), run=run)
+                note(run, location, job_id=process.pid, log=str(log))
             time.sleep(0.2)
             for slot, (process, run, handle, number, log, location) in list(active.items()):
                 code = process.poll()
@@ -268,7 +269,7 @@ def run_phase(
                 state = "done" if code == 0 else f"FAILED (exit status {code}; see {log})"
                 print(f"[{number}] {state}", flush=True)
                 if code != 0:
-                    note(location, exit=code)
+                    note(run, location, exit=code)
                     failed.append(run)
     except KeyboardInterrupt:
         for process, *_ in active.values():

@@ -295,3 +295,20 @@ def test_runs_of_a_pack_killed_between_checkpoints_resume_at_one_iteration(
     same = [_checkpoint(tmp_path / "e", 40, 30), _checkpoint(tmp_path / "f", 40, 30)]
     runner_pack.align_checkpoints(same)
     assert [_at(f) for f in same] == [40, 40]
+
+
+def test_a_sweep_trains_its_runs_in_packs_and_status_lists_each(tmp_path: Path, capsys) -> None:
+    from experiments import lenet_fisher_vs_magnitude as lenet
+    from experiments import status, sweep
+
+    argv = ["--quick", f"--root={tmp_path}", f"--dataset_root={DATA}", "--replicates=1-2"]
+    argv += ["--strategies=random", "--levels=1", "--pack=2"]
+    assert sweep.main(lenet.build, None, argv, lenet.add_args) == 0
+    out = capsys.readouterr().out
+    assert out.count("main.py pack ") == 2 and "all 4 runs done" in out
+    rows = status.states(tmp_path)
+    assert len(rows) == 4 and {state for state, _, _ in rows} == {"done"}
+    assert {len(e["run"]) and e["run"][0] for _, e, _ in rows} == {"lottery"}
+    # Run again: every run is found done, nothing is started.
+    assert sweep.main(lenet.build, None, argv, lenet.add_args) == 0
+    assert "main.py pack" not in capsys.readouterr().out
