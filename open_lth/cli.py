@@ -22,7 +22,7 @@ class Parser(argparse.ArgumentParser):
         super().__init__(allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        if "arguments are required" in message:
+        if "arguments are required: --" in message:
             message += "; or start from a model's defaults with --default_hparams=MODEL"
         raise UserError(f"{message} (see: {self.prog} --help)")
 

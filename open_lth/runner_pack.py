@@ -64,13 +64,19 @@ class PackRunner(Runner):
         from open_lth import cli  # the parser of each run's command line
 
         members: list[LotteryRunner] = []
-        for text in args.runs:
-            argv = shlex.split(text)
+        for n, text in enumerate(args.runs, 1):
+            try:
+                argv = shlex.split(text)
+            except ValueError as e:  # an unclosed quote
+                raise UserError(f"pack: run {n}: {e} in '{text}'") from None
             if not argv or argv[0] != "lottery":
                 raise UserError(
                     f"pack: each run is a quoted `lottery ...` command line; got '{text}'"
                 )
-            runner, _ = cli.parse(argv)
+            try:
+                runner, _ = cli.parse(argv)
+            except UserError as e:
+                raise UserError(f"pack: run {n}: {e}") from None
             members += runner.members if isinstance(runner, PackRunner) else [runner]
         return cls(members)
 

@@ -238,6 +238,12 @@ def test_replicates_print_one_folder_a_line(cli, tmp_path: Path) -> None:
             lambda root: pack(lottery(root), ["train", LENET]),
             "pack: each run is a quoted `lottery ...` command line",
         ),
+        (
+            lambda root: ["pack", shlex.join(lottery(root)), shlex.join(lottery(root, "--bogus"))],
+            "pack: run 2: unrecognized arguments: --bogus",
+        ),
+        (lambda root: ["pack", f"lottery {LENET} 'unclosed"], "pack: run 1: No closing quotation"),
+        (lambda root: ["pack"], "the following arguments are required: RUN"),
         (lambda root: lottery(root, "--replicates="), "--replicates '': write replicates"),
         (lambda root: lottery(root, "--replicates=2-x"), "--replicates '2-x': write replicates"),
         (
