@@ -6,7 +6,7 @@
 # runs only the test files in $GPU_TESTS (tests.log).
 #
 #   OPEN_LTH_TEST_DATA=<folder laid out like ../shared/data> bash benchmarks/gpu_checks.sh \
-#       [suite] [tests] [speed] [fisher] [packs] [sweep]
+#       [suite] [tests] [speed] [fisher] [packs] [probe] [sweep]
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -40,6 +40,14 @@ for step in $steps; do
     packs)
         timeout 240 $PY benchmarks/pack_speed.py --dataset_root="$DATA" --rounds=3 --lenet_steps=1000 \
             --resnet_steps=160 ${PACK_FLAGS:-} 2>&1 | tee -a "$OUT/pack_speed.log"
+        ;;
+    probe)
+        # Where a pack's step goes: replay alone against the trainer, and its kernels.
+        for spec in "mnist_lenet_300_100 16" "cifar_resnet_20 8"; do
+            set -- $spec
+            timeout 120 $PY benchmarks/pack_probe.py --dataset_root="$DATA" --model=$1 --k=$2 \
+                2>&1 | tee -a "$OUT/pack_probe.log"
+        done
         ;;
     sweep)
         # One pack of the LeNet study at its own settings (replicate 1: three strategies,

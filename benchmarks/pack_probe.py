@@ -1,0 +1,114 @@
+"""Where a pack's step spends its time: for K stacked copies of a model, the trainer's rate
+(run-iterations per second), the step replayed alone on a fixed batch (no batch drawn, no
+Python loop around it), the batch drawing alone (`copies_batch`: K copies' examples,
+augmentation and layout), and the kernels of one eager step with their GPU time. If the
+replay alone is close to the trainer's rate, the GPU's kernels bound the pack; if it is
+far above, the host (drawing batches, the loop) does.
+
+    python benchmarks/pack_probe.py --dataset_root=<folder laid out like ../shared/data> \\
+        --model=mnist_lenet_300_100 --k=16
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gpu_speed  # noqa: E402
+
+from open_lth import registries  # noqa: E402
+from open_lth.data import derive_seed  # noqa: E402
+from open_lth.evaluation import uses_channels_last  # noqa: E402
+from open_lth.model_base import build_model  # noqa: E402
+from open_lth.schedule import build_optimizer  # noqa: E402
+from open_lth.stacked import stack  # noqa: E402
+from open_lth.train_step import EagerStep, StaticStep, StepParts  # noqa: E402
+
+
+def timed(fn: object, n: int) -> float:
+    for _ in range(10):
+        fn()
+    start = gpu_speed.sync_time()
+    for _ in range(n):
+        fn()
+    return n / (gpu_speed.sync_time() - start)
+
+
+def parts_for(spec: dict, k: int, device: torch.device) -> StepParts:
+    models = [build_model(spec["model_hp"], 10, seed=i) for i in range(k)]
+    net = (models[0] if k == 1 else stack(models)).to(device)
+    if uses_channels_last(net, device):
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(spec["training"], list(net.parameters()))
+    sums = torch.zeros(k, dtype=torch.float64, device=device)
+    correct = torch.zeros(k, dtype=torch.int64, device=device)
+    return StepParts(net, net, optimizer, [], k, False, sums, correct)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset_root", required=True, help="MNIST root; CIFAR-10 under it")
+    parser.add_argument("--model", default="mnist_lenet_300_100")
+    parser.add_argument("--k", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=1000)
+    args = parser.parse_args()
+    registries.load_plugins()
+    if not torch.cuda.is_available():
+        sys.exit("error: pack_probe.py measures CUDA graphs and needs a CUDA GPU")
+    device = torch.device("cuda")
+    root = Path(args.dataset_root)
+    root = root / "cifar10-subset" if "cifar" in args.model else root
+    spec = gpu_speed.load_spec(args.model, root, device)
+    k, batch = args.k, spec["batch"]
+    train = spec["train"]
+    print(f"{torch.cuda.get_device_name(device)}: {args.model}, K={k}, batch {batch}")
+
+    rate = k * gpu_speed.trainer_its(spec, args.steps, "auto", k=k)
+    print(f"trainer (graphs):        {rate:9.0f} run-it/s  {rate / k:8.0f} steps/s", flush=True)
+
+    generator = torch.Generator(device) if train.augmentation else None
+    orders = torch.stack([train.order(seed, 0) for seed in range(k)])
+    count = [0]
+
+    def draw() -> tuple[torch.Tensor, torch.Tensor]:
+        s = count[0] % (len(train) // batch)
+        count[0] += 1
+        seeds = [derive_seed("augment", c, s) for c in range(k)] if generator else None
+        return train.copies_batch(orders[:, s * batch : (s + 1) * batch], generator, seeds)
+
+    drawn = timed(draw, args.steps)
+    print(f"batch drawing alone:     {k * drawn:9.0f} run-it/s  {drawn:8.0f} steps/s")
+
+    static = StaticStep(parts_for(spec, k, device), capture=True)
+    x, y = draw()
+    for _ in range(5):
+        static(x, y, 0.01)
+    replay = timed(static.graph.replay, args.steps)
+    print(f"graph replay alone:      {k * replay:9.0f} run-it/s  {replay:8.0f} steps/s")
+
+    eager = EagerStep(parts_for(spec, k, device))
+    for _ in range(5):
+        eager(x, y, 0.01)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            eager(x, y, 0.01)
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = sum(e.count for e in events) / 10
+    total = sum(e.self_device_time_total for e in events) / 10 / 1000
+    print(f"one step: {kernels:.0f} kernels, {total:.3f} ms of kernel time")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:10]:
+        print(
+            f"  {e.self_device_time_total / 10 / 1000:6.3f} ms  {e.count / 10:5.1f}x  {e.key[:80]}"
+        )
+
+
+if __name__ == "__main__":
+    main()
