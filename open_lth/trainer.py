@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from open_lth import distributed, paths
+from open_lth.checkpoints import Checkpoints
 from open_lth.data import DeviceData, derive_seed
 from open_lth.errors import TrainingDiverged
 from open_lth.evaluation import evaluate_copies, uses_channels_last
@@ -27,15 +28,9 @@ from open_lth.hparams import TrainingHparams
 from open_lth.metrics import MetricLogger
 from open_lth.model_base import Model
 from open_lth.schedule import build_optimizer, lr_schedule
-from open_lth.stacked import (
-    stack,
-    stack_optimizer_state,
-    stack_state,
-    unstack_optimizer_state,
-    unstack_state,
-)
+from open_lth.stacked import stack, stack_state, unstack_state
 from open_lth.step import Step
-from open_lth.store import atomic_torch_save, keep_previous, torch_load
+from open_lth.store import atomic_torch_save
 from open_lth.train_step import StepParts, make_step, set_capturable
 
 Mask = dict[str, torch.Tensor]
@@ -160,11 +155,8 @@ def train_copies(
     eval_every = _every(options.eval_every, ipe, "--eval_every")
     checkpoint_every = _every(options.checkpoint_every, ipe, "--checkpoint_every")
     lr_at = lr_schedule(hparams, ipe)
-    independent = checkpoint_path is None
-    ckpt_paths = [paths.checkpoint(c.out) for c in copies] if independent else [checkpoint_path]
-    if not any(p.exists() for p in ckpt_paths) and all(
-        paths.weights(c.out, end).exists() for c in copies
-    ):
+    checkpoints = Checkpoints(checkpoint_path, [c.out for c in copies])
+    if not checkpoints.exist() and all(paths.weights(c.out, end).exists() for c in copies):
         return {}  # finished; killed before the caller wrote its summary
 
     net = models[0] if k == 1 else stack(models).to(device)
@@ -195,17 +187,8 @@ def train_copies(
 
     loggers = [MetricLogger(paths.metrics(c.out)) for c in copies]
     resumed_at = None
-    if any(p.exists() for p in ckpt_paths):
-        ckpts = [torch_load(p, device) for p in ckpt_paths]
-        if len({int(c["iteration"]) for c in ckpts}) != 1 or not all(
-            p.exists() for p in ckpt_paths
-        ):
-            raise ValueError("the copies of a pack must resume from the same iteration")
-        if independent and k > 1:
-            model_state = stack_state([c["model"] for c in ckpts], base_net)
-            optimizer_state = stack_optimizer_state([c["optimizer"] for c in ckpts], base_net)
-        else:
-            model_state, optimizer_state = ckpts[0]["model"], ckpts[0]["optimizer"]
+    if checkpoints.exist():
+        model_state, optimizer_state, ckpts = checkpoints.load(base_net, device)
         base_net.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
         # The saved groups carry the saving run's step path; this run sets its own.
@@ -236,16 +219,12 @@ def train_copies(
         for j in live():
             if finite[j]:
                 continue
-            kept = (
-                "the last checkpoint is kept"
-                if ckpt_paths[min(j, len(ckpt_paths) - 1)].exists()
-                else "no checkpoint"
-            )
+            kept = "the last checkpoint is kept" if checkpoints.of(j).exists() else "no checkpoint"
             message = (
                 f"the training loss became NaN or infinite by iteration {state.iteration} "
                 f"({kept}); lower --lr or check the data"
             )
-            if not independent or k == 1:
+            if not checkpoints.per_copy:
                 raise TrainingDiverged(message)
             state.diverged[j] = message
             print(
@@ -258,23 +237,7 @@ def train_copies(
         optimizer_state = optimizer.state_dict()
         for group in optimizer_state["param_groups"]:  # a graphed step's lr is a tensor
             group["lr"] = float(group["lr"])
-        if not independent or k == 1:
-            ckpt = {"model": base_net.state_dict(), "optimizer": optimizer_state}
-            atomic_torch_save(
-                ckpt_paths[0], {**ckpt, "rng_cpu": torch.get_rng_state(), **state.dump()}
-            )
-            return
-        models_states = unstack(base_net.state_dict())
-        optimizer_states = unstack_optimizer_state(optimizer_state, base_net)
-        for j in live():
-            # The K files cannot be replaced at once: a kill between two of them leaves
-            # runs one checkpoint apart, and the one ahead rolls back to this previous one
-            # (open_lth.runner_pack), so that the pack resumes together, to the bit.
-            keep_previous(ckpt_paths[j], paths.previous_checkpoint(copies[j].out))
-            ckpt = {"model": models_states[j], "optimizer": optimizer_states[j]}
-            atomic_torch_save(
-                ckpt_paths[j], {**ckpt, "rng_cpu": torch.get_rng_state(), **state.dump(j)}
-            )
+        checkpoints.save(base_net, optimizer_state, state, live())
 
     parts = StepParts(
         net, step_net, optimizer, _mask_pairs(net, mask), k, hparams.bf16,
@@ -345,9 +308,7 @@ def train_copies(
     if live():
         save_weights(end)
     if distributed.is_primary():
-        for j in live() if independent else range(1):
-            ckpt_paths[j].unlink(missing_ok=True)
-            paths.previous_checkpoint(copies[j].out).unlink(missing_ok=True)
+        checkpoints.remove(live())
     distributed.barrier()  # what the next stage reads is written
     return dict(state.diverged)
 
