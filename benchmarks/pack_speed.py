@@ -59,14 +59,16 @@ def _now(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def measure(spec: dict, ks: list[int], steps: int, rounds: int, graphs: str) -> list[dict]:
+def measure(
+    spec: dict, ks: list[int], steps: int, rounds: int, graphs: str, bf16: bool = False
+) -> list[dict]:
     rows = []
     for k in ks:
         packed, alone = [], []
         for _ in range(rounds):
-            packed.append(k * trainer_its(spec, steps, graphs, k=k))
+            packed.append(k * trainer_its(spec, steps, graphs, bf16=bf16, k=k))
             # K runs one after the other: K steady-state windows of the same length.
-            seconds = sum(1 / trainer_its(spec, steps, graphs) for _ in range(k))
+            seconds = sum(1 / trainer_its(spec, steps, graphs, bf16=bf16) for _ in range(k))
             alone.append(k / seconds)
         rows.append(
             {
@@ -99,6 +101,7 @@ def main() -> None:
     parser.add_argument(
         "--nchw", action="store_true", help="convolutions in NCHW rather than channels_last"
     )
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (packed and alone)")
     args = parser.parse_args()
     registries.load_plugins()
     evaluation.CHANNELS_LAST = not args.nchw
@@ -112,18 +115,23 @@ def main() -> None:
     )
     path = "CUDA graphs" if cuda else "eager"
     layout = "NCHW" if args.nchw or not cuda else "channels_last"
-    print(f"{name}, torch {torch.__version__}, step path: {path}, convolutions {layout}")
+    precision = "bf16" if args.bf16 else "fp32"
+    print(
+        f"{name}, torch {torch.__version__}, step path: {path}, convolutions {layout}, {precision}"
+    )
     root = Path(args.dataset_root)
     results = {}
     if lenet_k:
         steps = args.lenet_steps or (2000 if cuda else 400)
         print(f"LeNet-300-100, batch 60, {steps} steps a measurement:")
         spec = load_spec("mnist_lenet_300_100", root, device)
-        results["lenet"] = measure(spec, lenet_k, steps, args.rounds, graphs)
+        results["lenet"] = measure(spec, lenet_k, steps, args.rounds, graphs, args.bf16)
     if resnet_k:
         print(f"ResNet-20, batch 128, {args.resnet_steps} steps a measurement:")
         spec = load_spec("cifar_resnet_20", root / "cifar10-subset", device)
-        results["resnet"] = measure(spec, resnet_k, args.resnet_steps, args.rounds, graphs)
+        results["resnet"] = measure(
+            spec, resnet_k, args.resnet_steps, args.rounds, graphs, args.bf16
+        )
     for model, rows in results.items():
         one = next((r["packed"] for r in rows if r["k"] == 1), None)
         for r in rows:
