@@ -383,8 +383,11 @@ def main(
     if extra_args:
         extra_args(parser)
     args = parser.parse_args(argv)
-    if args.jobs < 1:
-        parser.error(f"--jobs must be 1 or more, got {args.jobs}")
+    for flag in ("jobs", "pack"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            print(f"error: --{flag} must be 1 or more, got {value}", file=sys.stderr)
+            return 2
     problem = slurm.check(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

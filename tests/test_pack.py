@@ -318,3 +318,15 @@ def test_a_sweep_trains_its_runs_in_packs_and_status_lists_each(tmp_path: Path, 
     # Run again: every run is found done, nothing is started.
     assert sweep.main(lenet.build, None, argv, lenet.add_args) == 0
     assert "main.py pack" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--pack=0", "--jobs=0"])
+def test_a_sweep_refuses_a_pack_or_jobs_below_one(tmp_path: Path, capsys, flag: str) -> None:
+    from experiments import lenet_fisher_vs_magnitude as lenet
+    from experiments import sweep
+
+    argv = ["--quick", f"--root={tmp_path}", f"--dataset_root={DATA}", flag]
+    assert sweep.main(lenet.build, None, argv, lenet.add_args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {flag.split('=')[0]} must be 1 or more, got 0"
+    assert not any(tmp_path.iterdir())
