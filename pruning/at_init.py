@@ -16,6 +16,7 @@ and `magnitude_at_init`. snip.py, grasp.py and synflow.py hold the scores."""
 from __future__ import annotations
 
 import abc
+import copy
 import dataclasses
 from dataclasses import dataclass
 from fractions import Fraction
@@ -246,3 +247,14 @@ def examples(ctx: PruneContext, hparams: ExamplesHparams, name: str) -> tuple[to
         raise UserError(f"{name} needs training data")
     index = balanced_examples(ctx.train_data, hparams.pai_examples, derive_seed(name, ctx.seed))
     return ctx.train_data.batch(index)
+
+
+def scoring_inputs(
+    ctx: PruneContext, hparams: ExamplesHparams, name: str, ignore: list[str]
+) -> tuple[torch.nn.Module, list[str], torch.Tensor, torch.Tensor]:
+    """What SNIP and GraSP differentiate: a copy of the starting network (BatchNorm in
+    train mode, as their released codes leave it; no parameter requires a gradient), the
+    scored weights' names, and the examples (x, y)."""
+    x, y = examples(ctx, hparams, name)
+    net = copy.deepcopy(ctx.start_model).train().requires_grad_(False)
+    return net, [n for n in ctx.mask if n not in ignore], x, y

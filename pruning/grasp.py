@@ -12,20 +12,17 @@ released code leaves the network), on a copy."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call
 
 from open_lth import registries
 from open_lth.errors import UserError
 from open_lth.hparams import hp
 from open_lth.strategy_base import PruneContext
-from pruning.at_init import AtInitStrategy, ExamplesHparams, examples, masked_start
-from pruning.snip import mean_loss_gradient
+from pruning.at_init import AtInitStrategy, ExamplesHparams, masked_start, scoring_inputs
+from pruning.snip import chunk_losses, mean_loss_gradient
 
 
 @dataclass
@@ -53,12 +50,7 @@ def hessian_gradient_product(
     """H g for L = mean cross-entropy(net(x)/T, y) over the weights `names`."""
     g = mean_loss_gradient(net, weights, names, x, y, chunk, temperature)
     hg = [torch.zeros_like(t) for t in g]
-    for start in range(0, len(y), chunk):
-        params = {**weights, **{n: weights[n].detach().requires_grad_() for n in names}}
-        xc, yc = x[start : start + chunk], y[start : start + chunk]
-        out = functional_call(net, params, (xc,)) / temperature
-        loss = F.cross_entropy(out, yc) * (len(yc) / len(y))
-        leaves = [params[n] for n in names]
+    for loss, leaves in chunk_losses(net, weights, names, x, y, chunk, temperature):
         grads = torch.autograd.grad(loss, leaves, create_graph=True)
         z = sum((a * b).sum() for a, b in zip(grads, g, strict=True))
         for t, part in zip(hg, torch.autograd.grad(z, leaves), strict=True):
@@ -86,9 +78,7 @@ class Grasp(AtInitStrategy):
     description = "GraSP: remove the highest -w·Hg (Hessian-gradient product), one shot"
 
     def scores(self, ctx: PruneContext, ignore: list[str]) -> dict[str, torch.Tensor]:
-        x, y = examples(ctx, self.settings, "grasp")
-        net = copy.deepcopy(ctx.start_model).train().requires_grad_(False)
-        names = [n for n in ctx.mask if n not in ignore]
+        net, names, x, y = scoring_inputs(ctx, self.settings, "grasp", ignore)
         t = self.settings.grasp_temperature
         scores = grasp_scores(net, masked_start(ctx), names, x, y, ctx.batch_size, t)
         # The highest GraSP scores are removed: keep the highest of their negation.

@@ -6,7 +6,7 @@ the released codes leave the network), on a copy: the level's weights are untouc
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -16,13 +16,32 @@ from torch.func import functional_call
 
 from open_lth import registries
 from open_lth.strategy_base import PruneContext
-from pruning.at_init import AtInitStrategy, ExamplesHparams, examples, masked_start
+from pruning.at_init import AtInitStrategy, ExamplesHparams, masked_start, scoring_inputs
 
 
 @dataclass
 class SnipHparams(ExamplesHparams):
     _name: ClassVar[str] = "SNIP Hyperparameters"
     _description: ClassVar[str] = "Connection sensitivity at initialization."
+
+
+def chunk_losses(
+    net: torch.nn.Module,
+    weights: dict[str, torch.Tensor],
+    names: list[str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    chunk: int,
+    temperature: float = 1.0,
+) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+    """The mean cross-entropy of net(x)/T in chunks of at most `chunk` examples, each
+    weighted by its share (so the chunks' sum is the mean's), with the leaves `names`
+    it is to be differentiated by: (loss, leaves) per chunk."""
+    for start in range(0, len(y), chunk):
+        params = {**weights, **{n: weights[n].detach().requires_grad_() for n in names}}
+        xc, yc = x[start : start + chunk], y[start : start + chunk]
+        out = functional_call(net, params, (xc,)) / temperature
+        yield F.cross_entropy(out, yc) * (len(yc) / len(y)), [params[n] for n in names]
 
 
 def mean_loss_gradient(
@@ -34,16 +53,10 @@ def mean_loss_gradient(
     chunk: int,
     temperature: float = 1.0,
 ) -> list[torch.Tensor]:
-    """∂/∂w of the mean cross-entropy of net(x)/T over all examples, in chunks of at
-    most `chunk` examples (each weighted by its share, so the sum is the mean's)."""
+    """∂/∂w of the mean cross-entropy of net(x)/T over all examples."""
     total = [torch.zeros_like(weights[n]) for n in names]
-    for start in range(0, len(y), chunk):
-        params = {**weights, **{n: weights[n].detach().requires_grad_() for n in names}}
-        xc, yc = x[start : start + chunk], y[start : start + chunk]
-        out = functional_call(net, params, (xc,)) / temperature
-        loss = F.cross_entropy(out, yc) * (len(yc) / len(y))
-        grads = torch.autograd.grad(loss, [params[n] for n in names])
-        for t, g in zip(total, grads, strict=True):
+    for loss, leaves in chunk_losses(net, weights, names, x, y, chunk, temperature):
+        for t, g in zip(total, torch.autograd.grad(loss, leaves), strict=True):
             t.add_(g)
     return total
 
@@ -67,7 +80,5 @@ class Snip(AtInitStrategy):
     description = "SNIP: |dL/dw · w| at the starting weights on --pai_examples, one shot"
 
     def scores(self, ctx: PruneContext, ignore: list[str]) -> dict[str, torch.Tensor]:
-        x, y = examples(ctx, self.settings, "snip")
-        net = copy.deepcopy(ctx.start_model).train().requires_grad_(False)
-        names = [n for n in ctx.mask if n not in ignore]
+        net, names, x, y = scoring_inputs(ctx, self.settings, "snip", ignore)
         return snip_scores(net, masked_start(ctx), names, x, y, ctx.batch_size)
