@@ -80,6 +80,16 @@ def sync_time() -> float:
     return time.perf_counter()
 
 
+def timed(fn: object, n: int) -> float:
+    """Calls of `fn` per second over n calls, after 10 to warm up."""
+    for _ in range(10):
+        fn()
+    start = sync_time()
+    for _ in range(n):
+        fn()
+    return n / (sync_time() - start)
+
+
 def conventional_its(spec: dict, workers: int, steps: int, device: torch.device) -> float:
     """open_lth's loop: a DataLoader over PIL images, batches moved to the GPU, plain SGD or
     Adam (open_lth's defaults), no channels_last, no graphs."""

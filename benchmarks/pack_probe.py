@@ -31,15 +31,6 @@ from open_lth.stacked import stack  # noqa: E402
 from open_lth.train_step import EagerStep, StaticStep, StepParts  # noqa: E402
 
 
-def timed(fn: object, n: int) -> float:
-    for _ in range(10):
-        fn()
-    start = gpu_speed.sync_time()
-    for _ in range(n):
-        fn()
-    return n / (gpu_speed.sync_time() - start)
-
-
 def parts_for(spec: dict, k: int, device: torch.device) -> StepParts:
     models = [build_model(spec["model_hp"], 10, seed=i) for i in range(k)]
     net = (models[0] if k == 1 else stack(models)).to(device)
@@ -82,14 +73,14 @@ def main() -> None:
         seeds = [derive_seed("augment", c, s) for c in range(k)] if generator else None
         return train.copies_batch(orders[:, s * batch : (s + 1) * batch], generator, seeds)
 
-    drawn = timed(draw, args.steps)
+    drawn = gpu_speed.timed(draw, args.steps)
     print(f"batch drawing alone:     {k * drawn:9.0f} run-it/s  {drawn:8.0f} steps/s")
 
     static = StaticStep(parts_for(spec, k, device), capture=True)
     x, y = draw()
     for _ in range(5):
         static(x, y, 0.01)
-    replay = timed(static.graph.replay, args.steps)
+    replay = gpu_speed.timed(static.graph.replay, args.steps)
     print(f"graph replay alone:      {k * replay:9.0f} run-it/s  {replay:8.0f} steps/s")
 
     eager = EagerStep(parts_for(spec, k, device))

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_speed import load_spec, trainer_its  # noqa: E402
+from gpu_speed import load_spec, sync_time, trainer_its  # noqa: E402
 
 from open_lth import evaluation, registries  # noqa: E402
 from open_lth.evaluation import evaluate_copies  # noqa: E402
@@ -45,18 +45,10 @@ def eval_seconds(spec: dict, k: int) -> float:
     evaluate_copies(net, spec["test"], k)
     times = []
     for _ in range(3):
-        start = _now(device)
+        start = sync_time()
         evaluate_copies(net, spec["test"], k)
-        times.append(_now(device) - start)
+        times.append(sync_time() - start)
     return sorted(times)[1]
-
-
-def _now(device: torch.device) -> float:
-    import time
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter()
 
 
 def measure(

@@ -26,15 +26,6 @@ from open_lth.schedule import build_optimizer  # noqa: E402
 from open_lth.train_step import EagerStep, StaticStep, StepParts  # noqa: E402
 
 
-def timed(fn: object, n: int) -> float:
-    for _ in range(10):
-        fn()
-    start = gpu_speed.sync_time()
-    for _ in range(n):
-        fn()
-    return n / (gpu_speed.sync_time() - start)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset_root", required=True)
@@ -116,7 +107,7 @@ def replay(spec: dict, device: torch.device) -> None:
         generator.manual_seed(derive_seed("augment", 1, s))
         return train.batch(order[s * 128 : (s + 1) * 128], generator)
 
-    print(f"batch preparation alone: {timed(prepare, 1000):8.1f} batches/s")
+    print(f"batch preparation alone: {gpu_speed.timed(prepare, 1000):8.1f} batches/s")
     for bench in (False, True):
         torch.backends.cudnn.benchmark = bench
         net = build_model(spec["model_hp"], 10, 1).to(device)
@@ -129,7 +120,7 @@ def replay(spec: dict, device: torch.device) -> None:
         x, y = prepare()
         for _ in range(5):
             static(x, y.unsqueeze(1), 0.1)
-        rate = timed(static.graph.replay, 1000)
+        rate = gpu_speed.timed(static.graph.replay, 1000)
         print(f"graph replay alone (cudnn.benchmark={bench}): {rate:8.1f} it/s", flush=True)
 
 
