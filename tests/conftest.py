@@ -48,6 +48,23 @@ def cli(capsys: pytest.CaptureFixture) -> object:
     return call
 
 
+LENET = "--default_hparams=mnist_lenet_300_100"
+
+
+def lenet_lottery(root: Path, *extra: str) -> list[str]:
+    """A small LeNet lottery on real MNIST (6,000 training examples); `extra` gives its
+    steps, levels and the rest (a later flag wins)."""
+    return [
+        "lottery",
+        LENET,
+        f"--dataset_root={DATA}",
+        f"--root={root}",
+        "--subsample_fraction=0.1",
+        "--quiet",
+        *extra,
+    ]
+
+
 def lenet_args(root: Path, *extra: str) -> list[str]:
     """A small, fast LeNet run on real MNIST (6,000 training examples)."""
     return [

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from conftest import CIFAR, DATA
+from conftest import CIFAR, lenet_lottery
 from experiments import load
 from open_lth import paths, registries, stage
 from open_lth.cli import Parser
@@ -143,20 +143,9 @@ def test_supermask_of_a_batchnorm_network_with_reestimated_statistics(
 
 # --- folders made under older rules ---
 
-LENET = "--default_hparams=mnist_lenet_300_100"
-
 
 def small_lottery(root: Path, *extra: str) -> list[str]:
-    return [
-        "lottery",
-        LENET,
-        f"--dataset_root={DATA}",
-        f"--root={root}",
-        "--subsample_fraction=0.1",
-        "--training_steps=50it",
-        "--quiet",
-        *extra,
-    ]
+    return lenet_lottery(root, "--training_steps=50it", *extra)
 
 
 def make_format_1(root: Path) -> None:

@@ -14,27 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DATA, REPO
+from conftest import DATA, LENET, REPO, lenet_lottery
 from open_lth import masks, paths
 from open_lth.lottery import level_dir
 from pruning.select import count_to_prune
 
-LENET = "--default_hparams=mnist_lenet_300_100"
-
 
 def small(root: Path, *extra: str) -> list[str]:
-    return [
-        "lottery",
-        LENET,
-        f"--dataset_root={DATA}",
-        f"--root={root}",
-        "--subsample_fraction=0.1",
-        "--training_steps=200it",
-        "--eval_every=100it",
-        "--levels=2",
-        "--quiet",
-        *extra,
-    ]
+    return lenet_lottery(root, "--training_steps=200it", "--eval_every=100it", "--levels=2", *extra)
 
 
 def replicate(root: Path) -> Path:

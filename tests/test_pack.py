@@ -15,31 +15,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DATA, REPO
+from conftest import DATA, LENET, REPO, lenet_lottery
 from experiments import packs
 from open_lth import paths, runner_pack
 from open_lth.lottery import Levels, level_dir
 from open_lth.metrics import read_rows
 
-LENET = "--default_hparams=mnist_lenet_300_100"
-
 
 def lottery(
     root: Path, *extra: str, steps: str = "10it", every: str = "5it", device: str = "cpu"
 ) -> list[str]:
-    return [
-        "lottery",
-        LENET,
-        f"--dataset_root={DATA}",
-        f"--root={root}",
-        "--subsample_fraction=0.1",
+    return lenet_lottery(
+        root,
         f"--training_steps={steps}",
         f"--eval_every={every}",
         "--levels=1",
         f"--device={device}",
-        "--quiet",
         *extra,
-    ]
+    )
 
 
 def pack(*runs: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import DATA
+from conftest import DATA, LENET, lenet_lottery
 from open_lth import masks, registries
 from open_lth.cli import run as run_main
 from open_lth.data import DeviceData
@@ -34,7 +34,6 @@ from pruning.synflow import SynflowHparams, linearized, synflow_scores
 
 registries.load_plugins()
 CPU = torch.device("cpu")
-LENET = "--default_hparams=mnist_lenet_300_100"
 
 
 def weights_of(net: nn.Module) -> dict[str, torch.Tensor]:
@@ -279,18 +278,7 @@ def test_layer_collapse_and_the_exact_count_are_checked() -> None:
 
 
 def small(root: Path, *extra: str) -> list[str]:
-    return [
-        "lottery",
-        LENET,
-        f"--dataset_root={DATA}",
-        f"--root={root}",
-        "--subsample_fraction=0.1",
-        "--training_steps=30it",
-        "--eval_every=30it",
-        "--levels=1",
-        "--quiet",
-        *extra,
-    ]
+    return lenet_lottery(root, "--training_steps=30it", "--eval_every=30it", "--levels=1", *extra)
 
 
 def test_layer_collapse_stops_the_run_naming_the_layer(cli, tmp_path: Path) -> None:
