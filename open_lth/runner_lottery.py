@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from open_lth import registries, stage
@@ -16,9 +17,10 @@ from open_lth.hparams import DefaultHparams
 from open_lth.job import Job, add_job_args, create_job
 from open_lth.lottery import Levels, check_format, level_dir, parse_levels, supermask_metrics
 from open_lth.lottery_desc import LotteryDesc
+from open_lth.model_base import Model
 from open_lth.runner_base import Runner
 from open_lth.store import RunLock
-from open_lth.trainer import apply_mask
+from open_lth.trainer import Mask, Seeds, apply_mask
 
 
 @registries.subcommands.register("lottery")
@@ -85,7 +87,7 @@ class LotteryRunner(Runner):
         if self.summary:
             print(summary_table(out))
             return
-        if all(stage.is_done(level_dir(out, L)) for L in range(self.levels + 1)):
+        if self.finished():
             print(f"already finished; results in {out}")
             print(summary_table(out))
             return
@@ -102,35 +104,54 @@ class LotteryRunner(Runner):
                 self.run_level(levels, level)
         print(summary_table(out))
 
-    def run_level(self, levels: Levels, level: int) -> None:
+    def finished(self) -> bool:
+        out = self.output_location
+        return all(stage.is_done(level_dir(out, L)) for L in range(self.levels + 1))
+
+    def start_level(self, levels: Levels, level: int) -> LevelStart:
+        """Level `level` set up to train (alone or in a pack): its description saved
+        first, so that the folder records the rules (format) it is made under; its mask;
+        its starting weights, masked, on the device; the supermask accuracy; the seeds."""
         out = level_dir(levels.replicate_dir, level)
-        if stage.is_done(out):
-            return
-        # First, so that the folder records the rules (format) it is made under.
         self.desc.save(out)
-        device = self.job.platform.device
         mask = levels.mask(level)
         model, start = levels.starting_model(level)
-        model.to(device)
+        model.to(self.job.platform.device)
         apply_mask(model, mask)
         supermask = supermask_metrics(model, levels.data, self.desc.training.bf16)
         seeds = stage.default_seeds(self.desc.training, self.job.replicate)
+        return LevelStart(out, model, start, mask, supermask, seeds)
+
+    def run_level(self, levels: Levels, level: int) -> None:
+        if stage.is_done(level_dir(levels.replicate_dir, level)):
+            return
+        s = self.start_level(levels, level)
         rewind = levels.rewind
         stage.run_stage(
-            out,
-            model,
+            s.out,
+            s.model,
             self.desc.training,
             levels.data,
-            seeds,
+            s.seeds,
             self.job,
-            mask=mask,
-            start_iteration=start,
+            mask=s.mask,
+            start_iteration=s.start,
             save_iterations=(rewind,) if level == 0 and rewind else (),
-            start_metrics=supermask,
+            start_metrics=s.supermask,
         )
         if not self.job.options.quiet:
-            done = stage.read_summary(out)
+            done = stage.read_summary(s.out)
             print(f"level {level}: test accuracy {done['final_test_accuracy']:.4f}")
+
+
+@dataclass
+class LevelStart:
+    out: Path
+    model: Model
+    start: int  # the iteration its training starts at
+    mask: Mask
+    supermask: dict[str, float]
+    seeds: Seeds
 
 
 def check_names(desc: LotteryDesc) -> None:

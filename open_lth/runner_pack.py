@@ -32,11 +32,11 @@ from pathlib import Path
 from open_lth import paths, registries, stage
 from open_lth.errors import TrainingDiverged, UserError
 from open_lth.hparams import DefaultHparams
-from open_lth.lottery import Levels, check_format, level_dir, supermask_metrics
+from open_lth.lottery import Levels, check_format, level_dir
 from open_lth.runner_base import Runner
 from open_lth.runner_lottery import LotteryRunner, summary_table
 from open_lth.store import RunLock, atomic_write_json, torch_load
-from open_lth.trainer import Copy, apply_mask, train_copies
+from open_lth.trainer import Copy, train_copies
 
 
 @registries.subcommands.register("pack")
@@ -92,7 +92,7 @@ class PackRunner(Runner):
         members = self.members
         for m in members:
             check_format(m.desc, m.output_location)
-        if any(m.summary for m in members) or all(_finished(m) for m in members):
+        if any(m.summary for m in members) or all(m.finished() for m in members):
             for m in members:
                 state = "" if any(x.summary for x in members) else "already finished; "
                 print(f"{state}results in {m.output_location}\n{summary_table(m.output_location)}")
@@ -134,26 +134,20 @@ class PackRunner(Runner):
         """Prune, set up and train level `level` of the runs `todo` together; returns the
         runs that diverged. Runs resuming from different iterations train in turn."""
         first = self.members[0]
-        device = first.job.platform.device
         training = first.desc.training
         data = levels[0].data
         groups: dict[tuple, list[tuple[int, Copy, object]]] = {}
-        align_checkpoints([level_dir(levels[i].replicate_dir, level) for i in todo])
+        at = align_checkpoints([level_dir(levels[i].replicate_dir, level) for i in todo])
         for i in todo:
-            lv, m = levels[i], self.members[i]
-            out = level_dir(lv.replicate_dir, level)
-            m.desc.save(out)  # first, so that the folder records the rules it is made under
-            mask = lv.mask(level)
-            model, start = lv.starting_model(level)
-            model.to(device)
-            apply_mask(model, mask)
-            if paths.weights(out, lv.end).exists() and not paths.checkpoint(out).exists():
-                _write_summary(out, level, quiet=True)  # trained; killed before its summary
+            s = self.members[i].start_level(levels[i], level)
+            if paths.weights(s.out, levels[i].end).exists() and at[s.out] is None:
+                _write_summary(s.out, level, quiet=True)  # trained; killed before its summary
                 continue
-            supermask = supermask_metrics(model, data, training.bf16)
-            seeds = stage.default_seeds(training, m.job.replicate)
-            groups.setdefault(_resume_key(out, start), []).append(
-                (i, Copy(out, seeds, mask, supermask), model)
+            # Runs train together when they are at the same point: fresh from the same
+            # start, or resuming from checkpoints at the same iteration.
+            key = (at[s.out] is not None, s.start if at[s.out] is None else at[s.out], s.start)
+            groups.setdefault(key, []).append(
+                (i, Copy(s.out, s.seeds, s.mask, s.supermask), s.model)
             )
         failed: dict[int, str] = {}
         rewind = levels[0].rewind
@@ -190,40 +184,31 @@ def _iteration(path: Path) -> int | None:
     return int(torch_load(path)["iteration"]) if path.exists() else None
 
 
-def align_checkpoints(outs: list[Path]) -> None:
+def align_checkpoints(outs: list[Path]) -> dict[Path, int | None]:
     """Put the runs of a killed pack back at one iteration, so that they resume as one
     pack, to the bits of a pack never killed. A pack replaces its K checkpoints one
     after the other; a kill in between leaves some runs one checkpoint ahead, and those
     roll back to the checkpoint they kept before it (`paths.previous_checkpoint`). A kill
     while the first K are written leaves some runs with none: the others drop their
-    first (nothing kept before it) and all start the level afresh together."""
+    first (nothing kept before it) and all start the level afresh together. Returns the
+    iteration each run then resumes from (None: it starts afresh)."""
     at = {out: _iteration(paths.checkpoint(out)) for out in outs}
     found = {it for it in at.values() if it is not None}
     if len(found) < 2 and not (found and None in at.values()):
-        return
+        return at
     low = min(found)
     for out, it in at.items():
         if it is not None and it > low:
             previous = paths.previous_checkpoint(out)
             if _iteration(previous) == low:
                 os.replace(previous, paths.checkpoint(out))
+                at[out] = low
     if None in at.values():
         for out, it in at.items():
             if it is not None and it == low and not paths.previous_checkpoint(out).exists():
                 paths.checkpoint(out).unlink()
-
-
-def _resume_key(out: Path, start: int) -> tuple[bool, int, int]:
-    """Runs of a level train together when they are at the same point: fresh from the
-    same start, or resuming from checkpoints at the same iteration."""
-    checkpoint = paths.checkpoint(out)
-    if not checkpoint.exists():
-        return (False, start, start)
-    return (True, int(torch_load(checkpoint)["iteration"]), start)
-
-
-def _finished(m: LotteryRunner) -> bool:
-    return all(stage.is_done(level_dir(m.output_location, L)) for L in range(m.levels + 1))
+                at[out] = None
+    return at
 
 
 def _job_settings(m: LotteryRunner) -> dict[str, object]:

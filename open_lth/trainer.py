@@ -135,7 +135,6 @@ def train_copies(
     mask: Mask | None = None,
     start_iteration: int = 0,
     save_iterations: tuple[int, ...] = (),
-    start_metrics: dict[str, float] | None = None,
 ) -> dict[int, str]:
     """`train` for K copies at once, each with its own data order and augmentation:
     for K > 1 they are stacked into one network (open_lth.stacked) and take each step
@@ -209,7 +208,7 @@ def train_copies(
         save_weights(start_iteration)
         for logger, c in zip(loggers, copies, strict=True):
             logger.keep_until(start_iteration - 1)
-            for name, value in (c.start_metrics or start_metrics or {}).items():
+            for name, value in (c.start_metrics or {}).items():
                 logger.log(start_iteration, name, value)
 
     def check_finite() -> None:
