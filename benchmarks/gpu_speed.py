@@ -80,6 +80,25 @@ def sync_time() -> float:
     return time.perf_counter()
 
 
+def kernel_profile(step: object, label: str, top: int) -> None:
+    """Print the CUDA kernels of one call of `step` (the mean of 10, after 5 to warm up):
+    how many, their total GPU time, and the `top` costliest."""
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = sum(e.count for e in events) / 10
+    total = sum(e.self_device_time_total for e in events) / 10 / 1000
+    print(f"{label}: {kernels:.0f} kernels, {total:.2f} ms of kernel time per step")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
+        per = e.self_device_time_total / 10 / 1000
+        print(f"  {per:6.3f} ms  {e.count / 10:5.1f}x  {e.key[:90]}")
+
+
 def timed(fn: object, n: int) -> float:
     """Calls of `fn` per second over n calls, after 10 to warm up."""
     for _ in range(10):

@@ -84,21 +84,7 @@ def main() -> None:
     print(f"graph replay alone:      {k * replay:9.0f} run-it/s  {replay:8.0f} steps/s")
 
     eager = EagerStep(parts_for(spec, k, device))
-    for _ in range(5):
-        eager(x, y, 0.01)
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(10):
-            eager(x, y, 0.01)
-        torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
-    kernels = sum(e.count for e in events) / 10
-    total = sum(e.self_device_time_total for e in events) / 10 / 1000
-    print(f"one step: {kernels:.0f} kernels, {total:.3f} ms of kernel time")
-    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:10]:
-        print(
-            f"  {e.self_device_time_total / 10 / 1000:6.3f} ms  {e.count / 10:5.1f}x  {e.key[:80]}"
-        )
+    gpu_speed.kernel_profile(lambda: eager(x, y, 0.01), "one eager step of the pack", 10)
 
 
 if __name__ == "__main__":

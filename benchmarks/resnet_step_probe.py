@@ -62,21 +62,7 @@ def profile(spec: dict, device: torch.device) -> None:
     correct = torch.zeros(1, dtype=torch.int64, device=device)
     step = EagerStep(StepParts(net, net, optimizer, [], 1, False, sums, correct))
     x, y = spec["train"].batch(torch.arange(128, device=device))
-    for _ in range(5):
-        step(x, y.unsqueeze(1), 0.1)
-    torch.cuda.synchronize()
-    activities = [torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=activities) as prof:
-        for _ in range(10):
-            step(x, y.unsqueeze(1), 0.1)
-        torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
-    kernels = sum(e.count for e in events) / 10
-    total = sum(e.self_device_time_total for e in events) / 10 / 1000
-    print(f"eager step: {kernels:.0f} kernels, {total:.2f} ms of kernel time per step")
-    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:12]:
-        per = e.self_device_time_total / 10 / 1000
-        print(f"  {per:6.3f} ms  {e.count / 10:5.1f}x  {e.key[:90]}")
+    gpu_speed.kernel_profile(lambda: step(x, y.unsqueeze(1), 0.1), "eager step", 12)
 
 
 def grid(spec: dict) -> None:
