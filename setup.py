@@ -1,13 +1,23 @@
 """Packaging: `pip install -e .` (extras: test, bench, slurm, torchvision)."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="open_lth",
     version="0.1.0",
     description="Lottery-ticket experiments: IMP, pruning strategies, rewinding, instability",
     python_requires=">=3.10",
-    packages=["open_lth", "models", "datasets", "pruning", "platforms", "experiments"],
+    packages=find_packages(
+        include=[
+            "open_lth",
+            "open_lth.*",
+            "models",
+            "datasets",
+            "pruning",
+            "platforms",
+            "experiments",
+        ]
+    ),
     py_modules=["main"],
     install_requires=[
         # A range that the local CPU build 2.13.0 satisfies; install it first on a

@@ -29,10 +29,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from open_lth import registries  # noqa: E402
-from open_lth.data import DeviceData, load  # noqa: E402
-from open_lth.hparams import DatasetHparams  # noqa: E402
-from open_lth.model_base import Model, build_model  # noqa: E402
+from open_lth.foundations import registries  # noqa: E402
+from open_lth.foundations.hparams import DatasetHparams  # noqa: E402
+from open_lth.foundations.model import Model, build_model  # noqa: E402
+from open_lth.training.data import DeviceData, load  # noqa: E402
 from pruning import fisher as fisher_module  # noqa: E402
 from pruning.fisher import CONV_METHODS, fisher_diagonal  # noqa: E402
 
@@ -131,7 +131,9 @@ def main() -> None:
     device = pick_device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
-    registries.load_plugins()
+    from main import load_plugins
+
+    load_plugins()
     family = registries.models.get(args.model)
     defaults = family.default_hparams(args.model)
     dataset_name = defaults.dataset.dataset_name

@@ -34,14 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_speed import PilMnist  # noqa: E402
 
-from open_lth import registries  # noqa: E402
-from open_lth.data import DeviceData, load  # noqa: E402
-from open_lth.evaluation import evaluate_copies  # noqa: E402
-from open_lth.hparams import DatasetHparams, ModelHparams  # noqa: E402
-from open_lth.metrics import read_rows  # noqa: E402
-from open_lth.model_base import build_model  # noqa: E402
-from open_lth.stacked import stack  # noqa: E402
-from open_lth.trainer import Copy, Seeds, TrainOptions, train_copies  # noqa: E402
+from open_lth.foundations import registries  # noqa: E402
+from open_lth.foundations.hparams import DatasetHparams, ModelHparams  # noqa: E402
+from open_lth.foundations.model import build_model  # noqa: E402
+from open_lth.training.data import DeviceData, load  # noqa: E402
+from open_lth.training.evaluation import evaluate_copies  # noqa: E402
+from open_lth.training.metrics import read_rows  # noqa: E402
+from open_lth.training.stacked import stack  # noqa: E402
+from open_lth.training.trainer import Copy, Seeds, TrainOptions, train_copies  # noqa: E402
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -234,7 +234,9 @@ def main() -> None:
     parser.add_argument("--skip_process", action="store_true")
     parser.add_argument("--scale", type=float, default=1.0, help="x steps (a CPU smoke test)")
     args = parser.parse_args()
-    registries.load_plugins()
+    from main import load_plugins
+
+    load_plugins()
     device = torch.device(args.device)
     mnist_root = Path(args.dataset_root)
     cifar_root = Path(args.cifar_root or mnist_root / "cifar10-subset")

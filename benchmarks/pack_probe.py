@@ -22,13 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_speed  # noqa: E402
 
-from open_lth import registries  # noqa: E402
-from open_lth.data import derive_seed  # noqa: E402
-from open_lth.evaluation import uses_channels_last  # noqa: E402
-from open_lth.model_base import build_model  # noqa: E402
-from open_lth.schedule import build_optimizer  # noqa: E402
-from open_lth.stacked import stack  # noqa: E402
-from open_lth.train_step import EagerStep, StaticStep, StepParts  # noqa: E402
+from open_lth.foundations.model import build_model  # noqa: E402
+from open_lth.training.data import derive_seed  # noqa: E402
+from open_lth.training.evaluation import uses_channels_last  # noqa: E402
+from open_lth.training.schedule import build_optimizer  # noqa: E402
+from open_lth.training.stacked import stack  # noqa: E402
+from open_lth.training.train_step import EagerStep, StaticStep, StepParts  # noqa: E402
 
 
 def parts_for(spec: dict, k: int, device: torch.device) -> StepParts:
@@ -49,7 +48,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--steps", type=int, default=1000)
     args = parser.parse_args()
-    registries.load_plugins()
+    from main import load_plugins
+
+    load_plugins()
     if not torch.cuda.is_available():
         sys.exit("error: pack_probe.py measures CUDA graphs and needs a CUDA GPU")
     device = torch.device("cuda")

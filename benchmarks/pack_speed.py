@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_speed import load_spec, sync_time, trainer_its  # noqa: E402
 
-from open_lth import evaluation, registries  # noqa: E402
-from open_lth.evaluation import evaluate_copies  # noqa: E402
-from open_lth.model_base import build_model  # noqa: E402
-from open_lth.stacked import stack  # noqa: E402
+from open_lth.foundations.model import build_model  # noqa: E402
+from open_lth.training import evaluation  # noqa: E402
+from open_lth.training.evaluation import evaluate_copies  # noqa: E402
+from open_lth.training.stacked import stack  # noqa: E402
 
 
 def numbers(text: str) -> list[int]:
@@ -95,7 +95,9 @@ def main() -> None:
     )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (packed and alone)")
     args = parser.parse_args()
-    registries.load_plugins()
+    from main import load_plugins
+
+    load_plugins()
     evaluation.CHANNELS_LAST = not args.nchw
     device = torch.device(args.device)
     cuda = device.type == "cuda"

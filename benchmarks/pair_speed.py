@@ -1,5 +1,5 @@
 """Instability analysis trains two copies of a network. This measures the two copies
-trained together (stacked into one network, open_lth.stacked) against the same two
+trained together (stacked into one network, open_lth.training.stacked) against the same two
 trained one after the other, in one process, through the real trainer.
 
     python benchmarks/pair_speed.py                       # LeNet-300-100, MNIST, CPU
@@ -19,12 +19,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from open_lth import registries  # noqa: E402
-from open_lth.data import load  # noqa: E402
-from open_lth.hparams import DatasetHparams, ModelHparams  # noqa: E402
-from open_lth.metrics import read_rows  # noqa: E402
-from open_lth.model_base import build_model  # noqa: E402
-from open_lth.trainer import Copy, Seeds, TrainOptions, train_copies  # noqa: E402
+from open_lth.foundations import registries  # noqa: E402
+from open_lth.foundations.hparams import DatasetHparams, ModelHparams  # noqa: E402
+from open_lth.foundations.model import build_model  # noqa: E402
+from open_lth.training.data import load  # noqa: E402
+from open_lth.training.metrics import read_rows  # noqa: E402
+from open_lth.training.trainer import Copy, Seeds, TrainOptions, train_copies  # noqa: E402
 
 
 def seconds(folder: Path) -> float:
@@ -67,7 +67,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     args.device = torch.device(args.device)
-    registries.load_plugins()
+    from main import load_plugins
+
+    load_plugins()
     batch = registries.models.get(args.model).default_hparams(args.model).dataset.batch_size
     hp = DatasetHparams(args.dataset, batch)
     data = (

@@ -19,11 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_speed  # noqa: E402
 
-from open_lth import evaluation, registries  # noqa: E402
-from open_lth.data import derive_seed  # noqa: E402
-from open_lth.model_base import build_model  # noqa: E402
-from open_lth.schedule import build_optimizer  # noqa: E402
-from open_lth.train_step import EagerStep, StaticStep, StepParts  # noqa: E402
+from open_lth.foundations.model import build_model  # noqa: E402
+from open_lth.training import evaluation  # noqa: E402
+from open_lth.training.data import derive_seed  # noqa: E402
+from open_lth.training.schedule import build_optimizer  # noqa: E402
+from open_lth.training.train_step import EagerStep, StaticStep, StepParts  # noqa: E402
 
 
 def main() -> None:
@@ -32,7 +32,9 @@ def main() -> None:
     parser.add_argument("--model", default="cifar_resnet_20")
     parser.add_argument("--parts", default="grid,replay", help="of grid, replay, profile, compile")
     args = parser.parse_args()
-    registries.load_plugins()
+    from main import load_plugins
+
+    load_plugins()
     device = torch.device("cuda")
     spec = gpu_speed.load_spec(args.model, Path(args.dataset_root), device)
     gpu_speed.trainer_its(spec, 100, "auto")

@@ -20,12 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from open_lth import registries  # noqa: E402
-from open_lth.data import DeviceData, load  # noqa: E402
-from open_lth.hparams import DatasetHparams, ModelHparams, TrainingHparams  # noqa: E402
-from open_lth.metrics import read_rows  # noqa: E402
-from open_lth.model_base import build_model  # noqa: E402
-from open_lth.trainer import Seeds, TrainOptions, train  # noqa: E402
+from open_lth.foundations.hparams import DatasetHparams, ModelHparams, TrainingHparams  # noqa: E402
+from open_lth.foundations.model import build_model  # noqa: E402
+from open_lth.training.data import DeviceData, load  # noqa: E402
+from open_lth.training.metrics import read_rows  # noqa: E402
+from open_lth.training.trainer import Seeds, TrainOptions, train  # noqa: E402
 
 MEAN, STD = 0.1307, 0.3081
 BATCH = 60
@@ -113,7 +112,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500, help="steps per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; median kept")
     args = parser.parse_args()
-    registries.load_plugins()
+    from main import load_plugins
+
+    load_plugins()
     torch.manual_seed(0)
     root = Path(args.dataset_root)
     hp = DatasetHparams("mnist", BATCH)

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from open_lth.errors import UserError
+from open_lth.foundations.errors import UserError
 
 CHUNK = 1 << 20
 

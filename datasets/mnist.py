@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from datasets.download import download_allowed, fetch_first, md5sum
-from open_lth import registries
-from open_lth.dataset_base import Dataset
-from open_lth.errors import UserError
+from open_lth.foundations import registries
+from open_lth.foundations.dataset import Dataset
+from open_lth.foundations.errors import UserError
 
 MIRRORS = ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"]
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from open_lth.errors import UserError
+from open_lth.foundations.errors import UserError
 
 DONE = "done"
 INCOMPLETE = "running-or-crashed"

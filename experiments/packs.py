@@ -2,7 +2,7 @@
 GPU train K at a time as one stacked network instead of one after the other.
 
 Runs that can share a step (the same model, data, training, rewinding step, levels and
-job settings; see open_lth.runner_pack) are grouped in the sweep's order, and each group
+job settings; see open_lth.lottery.pack) are grouped in the sweep's order, and each group
 is cut into as few packs of at most `size` as it takes, of sizes as equal as they can
 be (18 runs, size 8: 6, 6, 6 rather than 8, 8, 2, which would leave the GPU a small
 last pack); every other run stays as it is. A pack's command is
@@ -55,10 +55,12 @@ def group(todo: list[tuple[Run, Path | None]], size: int) -> list[Entry]:
     """The phase's runs as commands: compatible lottery runs in packs of up to `size`."""
     if size <= 1:
         return [Entry(run, location, [(run, location)]) for run, location in todo]
-    from open_lth import cli, registries, runner_pack
-    from open_lth.errors import UserError
+    from main import load_plugins
+    from open_lth import cli
+    from open_lth.foundations.errors import UserError
+    from open_lth.lottery import pack as pack_runner
 
-    registries.load_plugins()
+    load_plugins()
 
     groups: list[tuple[object, list[tuple[Run, Path | None]]]] = []
     alone: list[Entry] = []
@@ -73,7 +75,7 @@ def group(todo: list[tuple[Run, Path | None]], size: int) -> list[Entry]:
             alone.append(Entry(run, location, [(run, location)]))
             continue
         for first, members in groups:
-            if runner_pack.differences(first, runner) is None:
+            if pack_runner.differences(first, runner) is None:
                 members.append((run, location))
                 break
         else:

@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from open_lth import registries
-from open_lth.errors import UserError
-from open_lth.hparams import DefaultHparams
-from open_lth.runner_base import Runner
+from open_lth.foundations import registries
+from open_lth.foundations.errors import UserError
+from open_lth.foundations.hparams import DefaultHparams
+from open_lth.foundations.runner import Runner
 
 
 @registries.subcommands.register("report")

@@ -15,10 +15,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from open_lth import registries
-from open_lth.errors import UserError
-from open_lth.hparams import DefaultHparams
-from open_lth.runner_base import Runner
+from open_lth.foundations import registries
+from open_lth.foundations.errors import UserError
+from open_lth.foundations.hparams import DefaultHparams
+from open_lth.foundations.runner import Runner
 
 RECORD = "sweep_jobs.jsonl"
 WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED",

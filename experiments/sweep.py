@@ -100,7 +100,7 @@ def flag_value(run: Run, flag: str, default: str | None = None) -> str | None:
 
 def replicates(text: str) -> list[int]:
     """A study's --replicates, in main.py's --levels syntax: '1-3,7' -> [1, 2, 3, 7]."""
-    from open_lth.lottery import parse_levels
+    from open_lth.lottery.levels import parse_levels
 
     return parse_levels(str(text), "--replicates")
 
@@ -116,9 +116,11 @@ def shell(run: Run) -> str:
 def locate(run: Run) -> tuple[Path | None, str | None]:
     """(output folder, None) as main.py --display_output_location prints it (called in
     this process: the same code, without a Python start per run), or (None, error)."""
+    from main import load_plugins
     from open_lth import cli
-    from open_lth.errors import UserError
+    from open_lth.foundations.errors import UserError
 
+    load_plugins()
     buffer = io.StringIO()
     try:
         with contextlib.redirect_stdout(buffer):
@@ -141,9 +143,10 @@ def is_done(run: Run, location: Path | None) -> bool:
         levels = int(flag_value(run, "--levels", "0") or 0)
         strategy = flag_value(run, "--pruning_strategy")
         if strategy:
-            from open_lth import registries
+            from main import load_plugins
+            from open_lth.foundations import registries
 
-            registries.load_plugins()
+            load_plugins()
             if strategy in registries.strategies and registries.strategies.get(strategy).one_shot:
                 levels = min(levels, 1)
         return all(
@@ -167,11 +170,11 @@ def _stage_done(folder: Path) -> bool:
 
 def parse_levels(text: str) -> list[int]:
     """'0,3-5' -> [0, 3, 4, 5]; [] when malformed (main.py says what is wrong)."""
-    from open_lth import lottery
-    from open_lth.errors import UserError
+    from open_lth.foundations.errors import UserError
+    from open_lth.lottery.levels import parse_levels as parse
 
     try:
-        return lottery.parse_levels(text)
+        return parse(text)
     except UserError:
         return []
 
@@ -392,7 +395,7 @@ def main(
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    from open_lth.errors import UserError
+    from open_lth.foundations.errors import UserError
 
     try:
         phases = build(args)

@@ -12,15 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from open_lth import registries
-from open_lth.hparams import (
+from open_lth.foundations import registries
+from open_lth.foundations.hparams import (
     DatasetHparams,
     DefaultHparams,
     ModelHparams,
     PruningHparams,
     TrainingHparams,
 )
-from open_lth.model_base import Model
+from open_lth.foundations.model import Model
 
 # No leading zeros: one architecture, one name (and so one run name).
 _NAME = re.compile(r"cifar_resnet_([1-9][0-9]*)(?:_([1-9][0-9]*))?")

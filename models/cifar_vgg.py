@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.cifar_resnet import cifar_default_hparams
-from open_lth import registries
-from open_lth.hparams import DefaultHparams
-from open_lth.model_base import Model
+from open_lth.foundations import registries
+from open_lth.foundations.hparams import DefaultHparams
+from open_lth.foundations.model import Model
 
 _M = "M"
 _PLANS: dict[str, list[int | str]] = {

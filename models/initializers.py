@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from open_lth import registries
+from open_lth.foundations import registries
 
 
 def _fan_in(weight: torch.Tensor) -> int:

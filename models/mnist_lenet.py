@@ -9,15 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from open_lth import registries
-from open_lth.hparams import (
+from open_lth.foundations import registries
+from open_lth.foundations.hparams import (
     DatasetHparams,
     DefaultHparams,
     ModelHparams,
     PruningHparams,
     TrainingHparams,
 )
-from open_lth.model_base import Model
+from open_lth.foundations.model import Model
 
 # Positive widths without leading zeros, so that one model has exactly one name (and so
 # one run name): `mnist_lenet_0300` would otherwise silently alias `mnist_lenet_300`.

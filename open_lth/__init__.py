@@ -1,3 +1,5 @@
-"""The core of the framework: hparams, run descriptions, registries, the run store,
-the training loop and the runners. It knows no concrete model, data set or strategy;
-those join through the registries in `open_lth.registries`."""
+"""The core of the framework, in three rooms: foundations/ (hparams, run descriptions,
+registries, the run store), training/ (data, the trainer, `main.py train`) and lottery/
+(levels, `main.py lottery` and `pack`, branches). It knows no concrete model, data set or
+strategy: those register themselves in `open_lth.foundations.registries` when main.py
+imports them."""

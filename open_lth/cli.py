@@ -9,10 +9,10 @@ import argparse
 import sys
 from typing import NoReturn
 
-from open_lth import distributed, registries
-from open_lth.errors import TrainingDiverged, UserError
-from open_lth.runner_base import Runner
-from open_lth.trainer import Interrupted
+from open_lth.foundations import distributed, registries
+from open_lth.foundations.errors import TrainingDiverged, UserError
+from open_lth.foundations.runner import Runner
+from open_lth.training.trainer import Interrupted
 
 
 class Parser(argparse.ArgumentParser):
@@ -59,7 +59,6 @@ def parse(argv: list[str]) -> tuple[Runner, argparse.Namespace]:
 
 
 def run(argv: list[str]) -> int:
-    registries.load_plugins()
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2

@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from open_lth import registries
-from open_lth.errors import UserError
-from open_lth.platform_base import Platform
+from open_lth.foundations import registries
+from open_lth.foundations.errors import UserError
+from open_lth.foundations.platform import Platform
 
 MOUNT = "/content/drive"
 

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from open_lth import registries
-from open_lth.platform_base import Platform, env_root
+from open_lth.foundations import registries
+from open_lth.foundations.platform import Platform, env_root
 
 
 @registries.platforms.register("local")

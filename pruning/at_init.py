@@ -24,12 +24,13 @@ from typing import ClassVar
 
 import torch
 
-from open_lth import registries
-from open_lth.data import DeviceData, derive_seed
-from open_lth.errors import UserError
-from open_lth.hparams import Hparams, PruningHparams, hp
-from open_lth.model_base import Model
-from open_lth.strategy_base import Mask, PruneContext, Strategy
+from open_lth.foundations import registries
+from open_lth.foundations.errors import UserError
+from open_lth.foundations.hparams import Hparams, PruningHparams, hp
+from open_lth.foundations.masks import Mask
+from open_lth.foundations.model import Model
+from open_lth.lottery.strategy import PruneContext, Strategy
+from open_lth.training.data import DeviceData, derive_seed
 from pruning.select import lowest
 
 

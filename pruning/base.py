@@ -6,8 +6,9 @@ import abc
 
 import torch
 
-from open_lth.hparams import PruningHparams
-from open_lth.strategy_base import Mask, PruneContext, Strategy
+from open_lth.foundations.hparams import PruningHparams
+from open_lth.foundations.masks import Mask
+from open_lth.lottery.strategy import PruneContext, Strategy
 from pruning.select import kept_count, select
 
 

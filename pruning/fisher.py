@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from open_lth import registries
-from open_lth.data import DeviceData
-from open_lth.errors import UserError
-from open_lth.hparams import Hparams, hp
-from open_lth.strategy_base import PruneContext
+from open_lth.foundations import registries
+from open_lth.foundations.errors import UserError
+from open_lth.foundations.hparams import Hparams, hp
+from open_lth.lottery.strategy import PruneContext
+from open_lth.training.data import DeviceData
 from pruning.base import ScoreStrategy
 
 # Bytes that the per-example tensors of one conv layer may take at once; the batch is split

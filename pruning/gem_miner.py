@@ -45,15 +45,16 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from tqdm import tqdm
 
-from open_lth import formats, registries
-from open_lth.data import derive_seed
-from open_lth.errors import TrainingDiverged, UserError
-from open_lth.hparams import Hparams, PruningHparams, hp
-from open_lth.model_base import Model
-from open_lth.step import Step
-from open_lth.store import atomic_torch_save, torch_load
-from open_lth.strategy_base import Mask, PruneContext, Strategy
-from open_lth.trainer import Interrupted, iterations_per_epoch, signals_to_flag
+from open_lth.foundations import formats, registries
+from open_lth.foundations.errors import TrainingDiverged, UserError
+from open_lth.foundations.hparams import Hparams, PruningHparams, hp
+from open_lth.foundations.masks import Mask
+from open_lth.foundations.model import Model
+from open_lth.foundations.step import Step
+from open_lth.foundations.store import atomic_torch_save, torch_load
+from open_lth.lottery.strategy import PruneContext, Strategy
+from open_lth.training.data import derive_seed
+from open_lth.training.trainer import Interrupted, iterations_per_epoch, signals_to_flag
 from pruning.at_init import AtInitHparams, resolve_density
 from pruning.select import lowest
 

@@ -17,10 +17,10 @@ from typing import ClassVar
 
 import torch
 
-from open_lth import registries
-from open_lth.errors import UserError
-from open_lth.hparams import hp
-from open_lth.strategy_base import PruneContext
+from open_lth.foundations import registries
+from open_lth.foundations.errors import UserError
+from open_lth.foundations.hparams import hp
+from open_lth.lottery.strategy import PruneContext
 from pruning.at_init import AtInitStrategy, ExamplesHparams, masked_start, scoring_inputs
 from pruning.snip import chunk_losses, mean_loss_gradient
 

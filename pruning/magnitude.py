@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from open_lth import registries
-from open_lth.strategy_base import PruneContext
+from open_lth.foundations import registries
+from open_lth.lottery.strategy import PruneContext
 from pruning.base import ScoreStrategy
 
 

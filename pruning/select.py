@@ -16,8 +16,8 @@ from fractions import Fraction
 
 import torch
 
-from open_lth.errors import UserError
-from open_lth.strategy_base import Mask
+from open_lth.foundations.errors import UserError
+from open_lth.foundations.masks import Mask
 
 
 def count_to_prune(fraction: float, remaining: int) -> int:

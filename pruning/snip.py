@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from open_lth import registries
-from open_lth.strategy_base import PruneContext
+from open_lth.foundations import registries
+from open_lth.lottery.strategy import PruneContext
 from pruning.at_init import AtInitStrategy, ExamplesHparams, masked_start, scoring_inputs
 
 

@@ -19,10 +19,11 @@ from typing import ClassVar
 import torch
 from torch.func import functional_call
 
-from open_lth import registries
-from open_lth.errors import UserError
-from open_lth.hparams import hp
-from open_lth.strategy_base import Mask, PruneContext
+from open_lth.foundations import registries
+from open_lth.foundations.errors import UserError
+from open_lth.foundations.hparams import hp
+from open_lth.foundations.masks import Mask
+from open_lth.lottery.strategy import PruneContext
 from pruning.at_init import AtInitHparams, AtInitStrategy, keep_highest, target_kept
 from pruning.gem_miner import kept_after
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import torch
 
 from conftest import CIFAR, DATA
-from open_lth import registries
-from open_lth.data import DeviceData, crop_flip, load
-from open_lth.hparams import DatasetHparams
+from main import load_plugins
+from open_lth.foundations.hparams import DatasetHparams
+from open_lth.training.data import DeviceData, crop_flip, load
 
-registries.load_plugins()
+load_plugins()
 CPU = torch.device("cpu")
 
 

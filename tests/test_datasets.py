@@ -25,8 +25,8 @@ from conftest import DATA
 from datasets import cifar10, download, mnist
 from datasets.cifar10 import CIFAR10
 from datasets.mnist import MNIST, read_idx
-from open_lth import registries
-from open_lth.errors import UserError
+from open_lth.foundations import registries
+from open_lth.foundations.errors import UserError
 
 CIFAR_SUBSET = DATA / "cifar10-subset"
 

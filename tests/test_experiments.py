@@ -16,7 +16,7 @@ import torch
 
 from conftest import DATA, REPO
 from experiments import load, plots, sweep, synthetic
-from open_lth.errors import UserError
+from open_lth.foundations.errors import UserError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

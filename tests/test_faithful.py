@@ -12,15 +12,17 @@ import torch
 
 from conftest import CIFAR, lenet_lottery
 from experiments import load
-from open_lth import paths, registries, stage
+from main import load_plugins
 from open_lth.cli import Parser
-from open_lth.hparams import ModelHparams
-from open_lth.lottery import Levels, level_dir
-from open_lth.model_base import build_model
-from open_lth.runner_lottery import LotteryRunner
-from open_lth.store import atomic_torch_save
+from open_lth.foundations import paths, registries
+from open_lth.foundations.hparams import ModelHparams
+from open_lth.foundations.model import build_model
+from open_lth.foundations.store import atomic_torch_save
+from open_lth.lottery.levels import Levels, level_dir
+from open_lth.lottery.runner import LotteryRunner
+from open_lth.training import stage
 
-registries.load_plugins()
+load_plugins()
 
 
 def lottery_runner(*flags: str) -> LotteryRunner:

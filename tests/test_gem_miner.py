@@ -12,14 +12,14 @@ import torch
 
 import pruning.gem_miner as gm
 from conftest import DATA
-from open_lth import masks, registries
-from open_lth.data import DeviceData
-from open_lth.errors import UserError
-from open_lth.hparams import ModelHparams, PruningHparams
-from open_lth.lottery import level_dir
-from open_lth.model_base import build_model
-from open_lth.strategy_base import PruneContext
-from open_lth.trainer import Interrupted
+from open_lth.foundations import masks, registries
+from open_lth.foundations.errors import UserError
+from open_lth.foundations.hparams import ModelHparams, PruningHparams
+from open_lth.foundations.model import build_model
+from open_lth.lottery.levels import level_dir
+from open_lth.lottery.strategy import PruneContext
+from open_lth.training.data import DeviceData
+from open_lth.training.trainer import Interrupted
 from pruning.gem_miner import GemMinerHparams, GemMinerStrategy
 
 CPU = torch.device("cpu")
@@ -35,7 +35,9 @@ def data(n: int = 300, augment: bool = False, seed: int = 0) -> DeviceData:
 
 
 def model(name: str = "mnist_lenet_50_20", seed: int = 1) -> torch.nn.Module:
-    registries.load_plugins()
+    from main import load_plugins
+
+    load_plugins()
     return build_model(ModelHparams(name, "kaiming_normal", "uniform"), 10, seed)
 
 
@@ -295,7 +297,7 @@ def test_resnet20_output_layer_is_scored_by_default(cli, tmp_path: Path):
     """ResNet-20's defaults ignore fc.weight for IMP; Gem-Miner scores it unless the
     command line names it, and the description records the effective list."""
     from open_lth.cli import Parser
-    from open_lth.runner_lottery import LotteryRunner
+    from open_lth.lottery.runner import LotteryRunner
 
     def desc(*flags: str):
         parser = Parser(prog="test")

@@ -2,12 +2,13 @@ import dataclasses
 
 import pytest
 
-from open_lth import registries
+from main import load_plugins
 from open_lth.cli import Parser
-from open_lth.hparams import TrainingHparams, to_flags
-from open_lth.runner_train import TrainingDesc, TrainingRunner
+from open_lth.foundations import registries
+from open_lth.foundations.hparams import TrainingHparams, to_flags
+from open_lth.training.runner import TrainingDesc, TrainingRunner
 
-registries.load_plugins()
+load_plugins()
 
 
 def parse(*argv: str) -> TrainingDesc:

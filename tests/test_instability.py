@@ -15,14 +15,16 @@ import pytest
 import torch
 
 from conftest import DATA, REPO
-from open_lth import interpolation, paths, registries
-from open_lth.data import DeviceData, load
-from open_lth.hparams import DatasetHparams, ModelHparams, TrainingHparams
-from open_lth.interpolation import barrier, evaluate_path
-from open_lth.model_base import build_model
-from open_lth.trainer import Copy, Interrupted, Seeds, TrainOptions, train, train_copies
+from main import load_plugins
+from open_lth.foundations import paths
+from open_lth.foundations.hparams import DatasetHparams, ModelHparams, TrainingHparams
+from open_lth.foundations.model import build_model
+from open_lth.training import interpolation
+from open_lth.training.data import DeviceData, load
+from open_lth.training.interpolation import barrier, evaluate_path
+from open_lth.training.trainer import Copy, Interrupted, Seeds, TrainOptions, train, train_copies
 
-registries.load_plugins()
+load_plugins()
 CPU = torch.device("cpu")
 LENET = "--default_hparams=mnist_lenet_300_100"
 

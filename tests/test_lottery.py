@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from conftest import DATA, LENET, REPO, lenet_lottery
-from open_lth import masks, paths
-from open_lth.lottery import level_dir
+from open_lth.foundations import masks, paths
+from open_lth.lottery.levels import level_dir
 from pruning.select import count_to_prune
 
 

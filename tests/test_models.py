@@ -10,10 +10,10 @@ import models  # noqa: F401  (registers the families and initializers)
 from models.cifar_resnet import CifarResnet
 from models.cifar_vgg import CifarVgg
 from models.mnist_lenet import MnistLenet
-from open_lth import registries
-from open_lth.errors import UserError
-from open_lth.hparams import ModelHparams
-from open_lth.model_base import build_model
+from open_lth.foundations import registries
+from open_lth.foundations.errors import UserError
+from open_lth.foundations.hparams import ModelHparams
+from open_lth.foundations.model import build_model
 
 FAMILIES = [MnistLenet, CifarResnet, CifarVgg]
 

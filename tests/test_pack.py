@@ -17,9 +17,10 @@ import torch
 
 from conftest import DATA, LENET, REPO, lenet_lottery
 from experiments import packs
-from open_lth import paths, runner_pack
-from open_lth.lottery import Levels, level_dir
-from open_lth.metrics import read_rows
+from open_lth.foundations import paths
+from open_lth.lottery import pack as pack_runner
+from open_lth.lottery.levels import Levels, level_dir
+from open_lth.training.metrics import read_rows
 
 
 def lottery(
@@ -283,16 +284,16 @@ def test_runs_of_a_pack_killed_between_checkpoints_resume_at_one_iteration(
 ) -> None:
     ahead = _checkpoint(tmp_path / "a", 30, previous=20)
     behind = _checkpoint(tmp_path / "b", 20, previous=10)
-    runner_pack.align_checkpoints([ahead, behind])
+    pack_runner.align_checkpoints([ahead, behind])
     assert (_at(ahead), _at(behind)) == (20, 20)
     # Killed while the first checkpoints were written: all start afresh.
     first = _checkpoint(tmp_path / "c", 0)
     (tmp_path / "d").mkdir()
-    runner_pack.align_checkpoints([first, tmp_path / "d"])
+    pack_runner.align_checkpoints([first, tmp_path / "d"])
     assert _at(first) is None
     # Already together: untouched.
     same = [_checkpoint(tmp_path / "e", 40, 30), _checkpoint(tmp_path / "f", 40, 30)]
-    runner_pack.align_checkpoints(same)
+    pack_runner.align_checkpoints(same)
     assert [_at(f) for f in same] == [40, 40]
 
 

@@ -19,20 +19,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import DATA, LENET, lenet_lottery
-from open_lth import masks, registries
+from main import load_plugins
 from open_lth.cli import run as run_main
-from open_lth.data import DeviceData
-from open_lth.errors import UserError
-from open_lth.hparams import ModelHparams, PruningHparams
-from open_lth.lottery import check_level_mask, level_dir
-from open_lth.model_base import build_model
-from open_lth.strategy_base import PruneContext
+from open_lth.foundations import masks, registries
+from open_lth.foundations.errors import UserError
+from open_lth.foundations.hparams import ModelHparams, PruningHparams
+from open_lth.foundations.model import build_model
+from open_lth.lottery.levels import check_level_mask, level_dir
+from open_lth.lottery.strategy import PruneContext
+from open_lth.training.data import DeviceData
 from pruning.at_init import MagnitudeAtInitHparams, balanced_examples, target_kept
 from pruning.grasp import GraspHparams, grasp_scores, hessian_gradient_product
 from pruning.snip import SnipHparams, mean_loss_gradient, snip_scores
 from pruning.synflow import SynflowHparams, linearized, synflow_scores
 
-registries.load_plugins()
+load_plugins()
 CPU = torch.device("cpu")
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from open_lth.errors import UserError
+from open_lth.foundations.errors import UserError
 from pruning.select import count_to_prune, select
 
 

@@ -19,7 +19,7 @@ import torch
 
 from conftest import DATA, REPO
 from experiments import status
-from open_lth.cli import main as cli_main
+from main import main as cli_main
 
 SWEEP = REPO / "tests" / "slurm" / "tiny_sweep.py"
 SCRIPT = REPO / ".ci" / "slurm.sh"

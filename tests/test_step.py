@@ -1,7 +1,7 @@
 import pytest
 
-from open_lth.errors import UserError
-from open_lth.step import Step
+from open_lth.foundations.errors import UserError
+from open_lth.foundations.step import Step
 
 
 @pytest.mark.parametrize(

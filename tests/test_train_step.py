@@ -16,15 +16,16 @@ import pytest
 import torch
 
 from conftest import CIFAR, DATA, REPO
-from open_lth import paths, registries
-from open_lth.data import load
-from open_lth.errors import UserError
-from open_lth.evaluation import layout
-from open_lth.hparams import DatasetHparams, ModelHparams, TrainingHparams
-from open_lth.model_base import build_model
-from open_lth.schedule import build_optimizer
-from open_lth.stacked import stack, stack_state
-from open_lth.train_step import (
+from main import load_plugins
+from open_lth.foundations import paths
+from open_lth.foundations.errors import UserError
+from open_lth.foundations.hparams import DatasetHparams, ModelHparams, TrainingHparams
+from open_lth.foundations.model import build_model
+from open_lth.training.data import load
+from open_lth.training.evaluation import layout
+from open_lth.training.schedule import build_optimizer
+from open_lth.training.stacked import stack, stack_state
+from open_lth.training.train_step import (
     WARMUP_STEPS,
     EagerStep,
     FallbackStep,
@@ -33,7 +34,7 @@ from open_lth.train_step import (
     make_step,
 )
 
-registries.load_plugins()
+load_plugins()
 CPU = torch.device("cpu")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -199,7 +200,7 @@ def test_a_model_that_cannot_be_captured(mode: str, capsys) -> None:
 CRASH_AFTER = """
 import os, sys
 sys.path.insert(0, os.getcwd())
-import open_lth.trainer as trainer
+import open_lth.training.trainer as trainer
 real = trainer.make_step
 def make_step(*args, **kwargs):
     step, count = real(*args, **kwargs), [0]
@@ -210,7 +211,7 @@ def make_step(*args, **kwargs):
         step(x, y, lr)
     return crashing
 trainer.make_step = make_step
-from open_lth.cli import main
+from main import main
 sys.exit(main(sys.argv[1:]))
 """
 

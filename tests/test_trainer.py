@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from conftest import CIFAR, DATA
-from open_lth import paths, registries
-from open_lth.data import load
-from open_lth.hparams import DatasetHparams, ModelHparams, TrainingHparams
-from open_lth.model_base import build_model
-from open_lth.schedule import lr_schedule
-from open_lth.trainer import Seeds, TrainOptions, train
+from main import load_plugins
+from open_lth.foundations import paths
+from open_lth.foundations.hparams import DatasetHparams, ModelHparams, TrainingHparams
+from open_lth.foundations.model import build_model
+from open_lth.training.data import load
+from open_lth.training.schedule import lr_schedule
+from open_lth.training.trainer import Seeds, TrainOptions, train
 
-registries.load_plugins()
+load_plugins()
 CPU = torch.device("cpu")
 
 

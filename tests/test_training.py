@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import DATA, REPO, lenet_args
-from open_lth import paths
-from open_lth.store import RunLock
+from open_lth.foundations import paths
+from open_lth.foundations.store import RunLock
 
 
 def run_dir(root: Path) -> Path:

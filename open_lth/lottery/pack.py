@@ -1,0 +1,267 @@
+"""`main.py pack`: K lottery runs trained together, level by level, as one stacked
+network (open_lth.training.stacked), so that K small steps become one step that fills a GPU.
+
+    python main.py pack 'lottery --default_hparams=mnist_lenet_300_100 --replicate=1' \\
+                        'lottery --default_hparams=mnist_lenet_300_100 --replicate=2 \\
+                                 --pruning_strategy=fisher'
+    python main.py lottery --default_hparams=mnist_lenet_300_100 --replicates=1-8
+
+Each run keeps its own replicate (initialization, data order, augmentation), strategy,
+start mode (reset, rewind, re-init), mask and starting weights, and writes exactly the
+folder it would write alone: metrics, weights, and its own unstacked checkpoint, so a
+run of a killed pack resumes alone or in another pack. The runs must share the model,
+the data set, the training hparams, the rewinding step, the number of levels and the
+job settings; a pack of runs that cannot share a step is refused, naming the
+difference. A run whose loss turns NaN stops alone; the others finish, and the command
+then fails naming it.
+
+A packed run is reproducible to the bit as a pack. Against the same run trained alone
+it agrees to float tolerance: a stacked layer (grouped convolution, batched matmul)
+sums in another order than the plain one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import shlex
+from pathlib import Path
+
+from open_lth.foundations import paths, registries
+from open_lth.foundations.errors import TrainingDiverged, UserError
+from open_lth.foundations.hparams import DefaultHparams
+from open_lth.foundations.runner import Runner
+from open_lth.foundations.store import RunLock, atomic_write_json, torch_load
+from open_lth.lottery.levels import Levels, check_format, level_dir
+from open_lth.lottery.runner import LotteryRunner, summary_table
+from open_lth.training import stage
+from open_lth.training.trainer import Copy, train_copies
+
+
+@registries.subcommands.register("pack")
+class PackRunner(Runner):
+    description = "Train several lottery runs together, level by level, as one stacked network."
+
+    def __init__(self, members: list[LotteryRunner]) -> None:
+        check_compatible(members)
+        self.members = members
+
+    @staticmethod
+    def add_args(parser: argparse.ArgumentParser, defaults: DefaultHparams | None) -> None:
+        parser.add_argument(
+            "runs",
+            nargs="+",
+            metavar="RUN",
+            help="one lottery run a quoted argument: 'lottery --default_hparams=... --replicate=2'",
+        )
+        parser.add_argument(
+            "--display_output_location", action="store_true", help="print the run folders and exit"
+        )
+
+    @classmethod
+    def create_from_args(cls, args: argparse.Namespace) -> PackRunner:
+        from open_lth import cli  # the parser of each run's command line
+
+        members: list[LotteryRunner] = []
+        for n, text in enumerate(args.runs, 1):
+            try:
+                argv = shlex.split(text)
+            except ValueError as e:  # an unclosed quote
+                raise UserError(f"pack: run {n}: {e} in '{text}'") from None
+            if not argv or argv[0] != "lottery":
+                raise UserError(
+                    f"pack: each run is a quoted `lottery ...` command line; got '{text}'"
+                )
+            try:
+                runner, _ = cli.parse(argv)
+            except UserError as e:
+                raise UserError(f"pack: run {n}: {e}") from None
+            members += runner.members if isinstance(runner, PackRunner) else [runner]
+        return cls(members)
+
+    @property
+    def output_location(self) -> Path:
+        return self.members[0].output_location
+
+    @property
+    def output_locations(self) -> list[Path]:
+        return [m.output_location for m in self.members]
+
+    def run(self) -> None:
+        members = self.members
+        for m in members:
+            check_format(m.desc, m.output_location)
+        if any(m.summary for m in members) or all(m.finished() for m in members):
+            for m in members:
+                state = "" if any(x.summary for x in members) else "already finished; "
+                print(f"{state}results in {m.output_location}\n{summary_table(m.output_location)}")
+            return
+        first = members[0]
+        data = stage.load_data(first.desc.dataset, first.job)
+        stage.check_training_steps(first.desc.training, data)
+        quiet = first.job.options.quiet
+        levels = [Levels(m.desc, m.job.replicate, m.output_location, data, quiet) for m in members]
+        for lv in levels:
+            lv.check(lv.new_model())
+        if not quiet:
+            print(first.desc.display())
+            print(f"A pack of {len(members)} runs, trained as one stacked network:")
+            for m in members:
+                print(f"  {m.output_location}  ({m.desc.pruning.pruning_strategy})")
+        failed: dict[int, str] = {}
+        with contextlib.ExitStack() as locks:
+            for m in members:
+                locks.enter_context(RunLock(m.output_location))
+            for level in range(first.levels + 1):
+                todo = [
+                    i
+                    for i, lv in enumerate(levels)
+                    if i not in failed and not stage.is_done(level_dir(lv.replicate_dir, level))
+                ]
+                failed.update(self.run_level(levels, level, todo))
+        for i, m in enumerate(members):
+            if i not in failed:
+                print(f"{m.output_location}\n{summary_table(m.output_location)}")
+        if failed:
+            named = "; ".join(f"{members[i].output_location}: {why}" for i, why in failed.items())
+            raise TrainingDiverged(
+                f"{len(failed)} of {len(members)} runs of the pack diverged ({named}); "
+                "the others finished"
+            )
+
+    def run_level(self, levels: list[Levels], level: int, todo: list[int]) -> dict[int, str]:
+        """Prune, set up and train level `level` of the runs `todo` together; returns the
+        runs that diverged. Runs resuming from different iterations train in turn."""
+        first = self.members[0]
+        training = first.desc.training
+        data = levels[0].data
+        groups: dict[tuple, list[tuple[int, Copy, object]]] = {}
+        at = align_checkpoints([level_dir(levels[i].replicate_dir, level) for i in todo])
+        for i in todo:
+            s = self.members[i].start_level(levels[i], level)
+            if paths.weights(s.out, levels[i].end).exists() and at[s.out] is None:
+                _write_summary(s.out, level, quiet=True)  # trained; killed before its summary
+                continue
+            # Runs train together when they are at the same point: fresh from the same
+            # start, or resuming from checkpoints at the same iteration.
+            key = (at[s.out] is not None, s.start if at[s.out] is None else at[s.out], s.start)
+            groups.setdefault(key, []).append(
+                (i, Copy(s.out, s.seeds, s.mask, s.supermask), s.model)
+            )
+        failed: dict[int, str] = {}
+        rewind = levels[0].rewind
+        for (_, _, start), group in groups.items():
+            diverged = train_copies(
+                [model for _, _, model in group],
+                training,
+                data.train,
+                data.test,
+                data.batch_size,
+                [c for _, c, _ in group],
+                None,  # each run checkpoints into its own folder
+                first.job.options,
+                start_iteration=start,
+                save_iterations=(rewind,) if level == 0 and rewind else (),
+            )
+            for j, (i, c, _) in enumerate(group):
+                if j in diverged:
+                    failed[i] = diverged[j]
+                else:
+                    _write_summary(c.out, level, first.job.options.quiet)
+        return failed
+
+
+def _write_summary(out: Path, level: int, quiet: bool) -> None:
+    summary = stage.summarize(out)
+    atomic_write_json(stage.summary_path(out), summary)
+    if not quiet:
+        replicate = out.parent.parent.name
+        print(f"level {level} {replicate}: test accuracy {summary['final_test_accuracy']:.4f}")
+
+
+def _iteration(path: Path) -> int | None:
+    return int(torch_load(path)["iteration"]) if path.exists() else None
+
+
+def align_checkpoints(outs: list[Path]) -> dict[Path, int | None]:
+    """Put the runs of a killed pack back at one iteration, so that they resume as one
+    pack, to the bits of a pack never killed. A pack replaces its K checkpoints one
+    after the other; a kill in between leaves some runs one checkpoint ahead, and those
+    roll back to the checkpoint they kept before it (`paths.previous_checkpoint`). A kill
+    while the first K are written leaves some runs with none: the others drop their
+    first (nothing kept before it) and all start the level afresh together. Returns the
+    iteration each run then resumes from (None: it starts afresh)."""
+    at = {out: _iteration(paths.checkpoint(out)) for out in outs}
+    found = {it for it in at.values() if it is not None}
+    if len(found) < 2 and not (found and None in at.values()):
+        return at
+    low = min(found)
+    for out, it in at.items():
+        if it is not None and it > low:
+            previous = paths.previous_checkpoint(out)
+            if _iteration(previous) == low:
+                os.replace(previous, paths.checkpoint(out))
+                at[out] = low
+    if None in at.values():
+        for out, it in at.items():
+            if it is not None and it == low and not paths.previous_checkpoint(out).exists():
+                paths.checkpoint(out).unlink()
+                at[out] = None
+    return at
+
+
+def _job_settings(m: LotteryRunner) -> dict[str, object]:
+    platform, options = m.job.platform, m.job.options
+    return {
+        "--root": platform.root,
+        "--dataset_root": platform.dataset_root,
+        "--device": platform.device,
+        "--eval_every": options.eval_every,
+        "--checkpoint_every": options.checkpoint_every,
+        "--cuda_graphs": options.cuda_graphs,
+    }
+
+
+def differences(a: LotteryRunner, b: LotteryRunner) -> str | None:
+    """The first thing `a` and `b` must share and do not, as a flag and two values."""
+    if a.desc.model.model_name != b.desc.model.model_name:
+        return f"--model_name ({a.desc.model.model_name} vs {b.desc.model.model_name})"
+    for group in ("dataset", "model", "training"):
+        x, y = getattr(a.desc, group), getattr(b.desc, group)
+        for field in dataclasses.fields(x):
+            if getattr(x, field.name) != getattr(y, field.name):
+                return f"--{field.name} ({getattr(x, field.name)} vs {getattr(y, field.name)})"
+    rewind = (a.desc.lottery.rewinding_steps, b.desc.lottery.rewinding_steps)
+    if rewind[0] != rewind[1]:
+        return f"--rewinding_steps ({rewind[0]} vs {rewind[1]})"
+    one_shot = [registries.strategies.get(m.desc.pruning.pruning_strategy).one_shot for m in (a, b)]
+    if one_shot[0] != one_shot[1]:
+        kinds = ["one-shot" if o else "iterative" for o in one_shot]
+        return f"the kind of strategy ({kinds[0]} vs {kinds[1]}: one-shot runs pack only together)"
+    if a.levels != b.levels:
+        return f"--levels ({a.levels} vs {b.levels})"
+    for flag, value in _job_settings(a).items():
+        if _job_settings(b)[flag] != value:
+            return f"{flag} ({value} vs {_job_settings(b)[flag]})"
+    return None
+
+
+def check_compatible(members: list[LotteryRunner]) -> None:
+    """Refuse, in one line, a pack whose runs cannot take one step together."""
+    seen: dict[Path, int] = {}
+    for n, m in enumerate(members, 1):
+        if m.output_location in seen:
+            raise UserError(
+                f"pack: runs {seen[m.output_location]} and {n} are the same run "
+                f"({m.output_location}); give each run once"
+            )
+        seen[m.output_location] = n
+        why = differences(members[0], m)
+        if why:
+            raise UserError(
+                f"pack: run {n} cannot share a step with run 1, they differ in {why}; a pack's "
+                "runs share the model, data set, training hparams, rewinding step, levels and "
+                "job settings"
+            )

@@ -1,0 +1,150 @@
+"""Data on the device: the whole split is one uint8 tensor, a batch is an index tensor,
+and normalization and augmentation run batched on the device. No per-example Python,
+no DataLoader: on a GPU this is what keeps small models from starving."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from open_lth.foundations import distributed, registries
+from open_lth.foundations.errors import UserError
+from open_lth.foundations.hparams import DatasetHparams
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts; stable across processes and Python versions
+    (unlike `hash`), so (seed, epoch) always gives the same permutation."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def crop_flip_draws(
+    b: int, pad: int, generator: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, ...]:
+    """The random offsets (dy, dx) and flips of `crop_flip` for a batch of b images."""
+    dy = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=device, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=device, generator=generator)
+    flip = torch.rand((b, 1, 1), device=device, generator=generator) < 0.5
+    return dy, dx, flip
+
+
+def crop_flip_apply(
+    x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor
+) -> torch.Tensor:
+    """Crop after zero padding by `pad` at (dy, dx), then flip where `flip`, for a whole
+    batch (B, C, H, W) at once with one gather."""
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    device = x.device
+    cols = torch.arange(w, device=device).view(1, 1, w)
+    cols = torch.where(flip, w - 1 - cols, cols) + dx  # a flip is a reversed column index
+    rows = torch.arange(h, device=device).view(1, h, 1) + dy
+    batch = torch.arange(b, device=device).view(b, 1, 1)
+    # Advanced indexing moves the channel axis last: (B, H, W, C) -> (B, C, H, W).
+    return padded[batch, :, rows, cols].permute(0, 3, 1, 2)
+
+
+def crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding by `pad`, then a random horizontal flip."""
+    return crop_flip_apply(x, pad, *crop_flip_draws(len(x), pad, generator, x.device))
+
+
+class DeviceData:
+    """One split of a registered data set, resident on `device`."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        augmentation: str | None,
+        pad: int,
+        device: torch.device,
+    ) -> None:
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.device = device
+        self.augmentation = augmentation
+        self.pad = pad
+        shape = (1, len(mean), 1, 1)
+        # (x/255 - mean)/std = x·scale + shift: one fused multiply-add per batch.
+        self._scale = 1 / (torch.tensor(std, device=device).view(shape) * 255)
+        self._shift = -torch.tensor(mean, device=device).view(shape) / torch.tensor(
+            std, device=device
+        ).view(shape)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(
+        self, index: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalized float images and labels at `index`; augmented when a generator is
+        given and the data set has an augmentation."""
+        x = self.images[index]
+        if generator is not None and self.augmentation == "crop_flip":
+            x = crop_flip(x, self.pad, generator)
+        return torch.addcmul(self._shift, x.float(), self._scale), self.labels[index]
+
+    def copies_batch(
+        self,
+        index: torch.Tensor,
+        generator: torch.Generator | None = None,
+        seeds: list[int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """K copies' batches at once: `index` (K, B) holds each copy's examples, and
+        `seeds` each copy's augmentation seed for this step. Returns images laid out for
+        a stacked network, (B, K·C, H, W), and labels (B, K). Each copy's images are
+        those `batch` gives it alone, to the bit (the same draws from its own seed), in
+        a fixed number of operations whatever K, so that a pack's step does not pay
+        for its data copy by copy."""
+        k, b = index.shape
+        x = self.images[index.reshape(-1)]
+        if generator is not None and self.augmentation == "crop_flip":
+            draws = []
+            for seed in seeds or []:
+                generator.manual_seed(seed)
+                draws.append(crop_flip_draws(b, self.pad, generator, x.device))
+            dy, dx, flip = (torch.cat(d) for d in zip(*draws, strict=True))
+            x = crop_flip_apply(x, self.pad, dy, dx, flip)
+        x = torch.addcmul(self._shift, x.float(), self._scale)
+        if k > 1:
+            x = x.view(k, b, *x.shape[1:]).transpose(0, 1).reshape(b, -1, *x.shape[2:])
+        return x, self.labels[index].t()
+
+    def order(self, seed: int, epoch: int) -> torch.Tensor:
+        """The seeded permutation of the examples for one epoch (on the device)."""
+        g = torch.Generator().manual_seed(derive_seed("order", seed, epoch))
+        return torch.randperm(len(self), generator=g).to(self.device)
+
+
+def load(
+    hparams: DatasetHparams, root: Path, train: bool, device: torch.device
+) -> tuple[DeviceData, int]:
+    """A split on the device and the data set's number of classes. The training split is
+    subsampled (fixed seed, so every run sees the same subset) when asked."""
+    dataset = registries.datasets.get(hparams.dataset_name)
+    images, labels = dataset.load(Path(root), train)
+    if train and hparams.subsample_fraction is not None:
+        g = torch.Generator().manual_seed(0)
+        keep = torch.randperm(len(labels), generator=g)[
+            : max(1, round(hparams.subsample_fraction * len(labels)))
+        ]
+        images, labels = images[keep.sort().values], labels[keep.sort().values]
+    augmentation = None if hparams.do_not_augment or not train else dataset.augmentation
+    world = distributed.world_size()
+    if train and hparams.batch_size % world:
+        raise UserError(
+            f"--batch_size {hparams.batch_size} does not split over {world} processes: under "
+            "torchrun the batch size is the global batch, divided evenly among the ranks"
+        )
+    if train and len(labels) < hparams.batch_size:
+        raise UserError(
+            f"--batch_size {hparams.batch_size} is larger than the {len(labels)} training examples"
+        )
+    data = DeviceData(images, labels, dataset.mean, dataset.std, augmentation, dataset.pad, device)
+    return data, dataset.num_classes

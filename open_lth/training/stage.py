@@ -1,0 +1,132 @@
+"""One training stage in one directory: what `train`, each lottery level and each
+branch copy share. It is done when `summary.json` exists (written last)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from open_lth.foundations import paths
+from open_lth.foundations.errors import UserError
+from open_lth.foundations.hparams import DatasetHparams, TrainingHparams
+from open_lth.foundations.masks import Mask
+from open_lth.foundations.model import Model
+from open_lth.foundations.step import Step
+from open_lth.foundations.store import atomic_write_json, torch_load
+from open_lth.training import data
+from open_lth.training.data import DeviceData
+from open_lth.training.job import Job
+from open_lth.training.metrics import read_rows
+from open_lth.training.trainer import Seeds, iterations_per_epoch, train
+
+
+@dataclass
+class Data:
+    train: DeviceData
+    test: DeviceData
+    num_classes: int
+    batch_size: int
+
+    @property
+    def iterations_per_epoch(self) -> int:
+        return iterations_per_epoch(self.train, self.batch_size)
+
+    def step(self, text: str, what: str) -> int:
+        return Step.from_str(text, self.iterations_per_epoch, what).iteration
+
+
+def load_data(hparams: DatasetHparams, job: Job) -> Data:
+    device = job.platform.device
+    train_split, classes = data.load(hparams, job.platform.dataset_root, True, device)
+    test_split, _ = data.load(hparams, job.platform.dataset_root, False, device)
+    return Data(train_split, test_split, classes, hparams.batch_size)
+
+
+def summary_path(out: Path) -> Path:
+    return Path(out) / "summary.json"
+
+
+def is_done(out: Path) -> bool:
+    return summary_path(out).exists()
+
+
+def read_summary(out: Path) -> dict:
+    return json.loads(summary_path(out).read_text())
+
+
+def default_seeds(training: TrainingHparams, replicate: int) -> Seeds:
+    order = training.data_order_seed
+    augmentation = training.augmentation_seed
+    return Seeds(
+        data_order=replicate if order is None else order,
+        augmentation=replicate if augmentation is None else augmentation,
+    )
+
+
+def check_training_steps(training: TrainingHparams, d: Data) -> int:
+    end = d.step(training.training_steps, "--training_steps")
+    if end <= 0:
+        raise UserError(f"--training_steps must be positive, got {training.training_steps}")
+    return end
+
+
+def run_stage(
+    out: Path,
+    model: Model,
+    training: TrainingHparams,
+    d: Data,
+    seeds: Seeds,
+    job: Job,
+    mask: Mask | None = None,
+    start_iteration: int = 0,
+    save_iterations: tuple[int, ...] = (),
+    start_metrics: dict[str, float] | None = None,
+) -> dict:
+    """Train into `out` (resuming if it was interrupted) and write summary.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.to(job.platform.device)
+    train(
+        model,
+        training,
+        d.train,
+        d.test,
+        d.batch_size,
+        out,
+        seeds,
+        job.options,
+        mask=mask,
+        start_iteration=start_iteration,
+        save_iterations=save_iterations,
+        start_metrics=start_metrics,
+    )
+    summary = summarize(out)
+    atomic_write_json(summary_path(out), summary)
+    return summary
+
+
+def summarize(out: Path) -> dict:
+    rows = read_rows(paths.metrics(out))
+    accuracy = [(it, v) for it, name, v in rows if name == "test_accuracy"]
+    loss = [v for _, name, v in rows if name == "test_loss"]
+    wall = [v for _, name, v in rows if name == "wall_seconds"]
+    extra = {name: v for _, name, v in rows if name.startswith("supermask_")}
+    # The evaluation at the stage's first iteration (0, or k when rewound) is of the
+    # weights before this stage trained them: not a candidate for its best accuracy.
+    start = accuracy[0][0]
+    trained = [v for it, v in accuracy if it != start] or [accuracy[0][1]]
+    return {
+        **extra,
+        "start_iteration": start,
+        "end_iteration": accuracy[-1][0],
+        "final_test_accuracy": accuracy[-1][1],
+        "best_test_accuracy": max(trained),
+        "final_test_loss": loss[-1],
+        "wall_seconds": wall[-1],
+    }
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    model.load_state_dict(torch_load(path))

@@ -1,0 +1,201 @@
+"""One optimizer step of the K copies a trainer holds: eager, or replayed from a CUDA graph.
+
+A ResNet-20 or LeNet step is far too small to fill a GPU: the time goes to launching a few
+hundred kernels from Python. On CUDA the step (forward, backward, gradient masking,
+optimizer step, running sums of loss and accuracy) is captured once in a CUDA graph and
+replayed, one launch per step. What the graph cannot hold stays outside and is unchanged:
+the batch (order and augmentation, functions of seed and step) is prepared eagerly and
+copied into static input buffers, and the learning rate is a device tensor filled before
+each replay, so a graphed run sees exactly the batches and schedule of an eager one.
+
+`StaticStep(capture=False)` runs the same static-buffer code eagerly; on a CPU it is the
+test that guards the graph path's logic (it must equal `EagerStep`).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from open_lth.foundations.errors import UserError
+from open_lth.training.evaluation import autocast, layout, per_copy_loss
+from open_lth.training.stacked import split_output
+
+GRAPH_MODES = ("auto", "on", "off")
+# Eager steps before capture: they create the optimizer state (SGD's momentum buffers are
+# made by the first step) and run cuDNN/cuBLAS's lazy set-up outside the graph.
+WARMUP_STEPS = 3
+
+
+@dataclass
+class StepParts:
+    """What a step reads and updates. `loss_sum` (K, float64) and `correct` (K, int64)
+    accumulate per copy until the next evaluation reads and zeroes them."""
+
+    net: torch.nn.Module  # the parameters the optimizer holds
+    forward: torch.nn.Module  # `net`, or torch.compile(net)
+    optimizer: torch.optim.Optimizer
+    masked: list[tuple[torch.nn.Parameter, torch.Tensor]]
+    copies: int
+    bf16: bool
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+
+
+def _body(parts: StepParts, x: torch.Tensor, y: torch.Tensor, cache: bool = True) -> None:
+    with autocast(x.device, parts.bf16, cache):
+        output = split_output(parts.forward(layout(parts.net, x)), parts.copies).float()
+        losses = per_copy_loss(output, y).mean(0)
+    # Summed over copies: each copy's gradient is that of its own mean loss.
+    losses.sum().backward()
+    if parts.masked:
+        # Pruned weights get no gradient, so no momentum or Adam state builds up and
+        # they stay exactly zero through the optimizer step.
+        grads = [p.grad for p, _ in parts.masked]
+        torch._foreach_mul_(grads, [m for _, m in parts.masked])
+    parts.optimizer.step()
+    parts.loss_sum += losses.detach().double()
+    parts.correct += (output.detach().argmax(-1) == y).sum(0)
+
+
+class EagerStep:
+    """The plain step: a float learning rate in the optimizer, fresh gradients each time."""
+
+    def __init__(self, parts: StepParts) -> None:
+        self.parts = parts
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+        for group in self.parts.optimizer.param_groups:
+            group["lr"] = lr
+        self.parts.optimizer.zero_grad(set_to_none=True)
+        _body(self.parts, x, y)
+
+
+class StaticStep:
+    """The step on static buffers with the learning rate in a device tensor; with
+    `capture`, recorded in a CUDA graph after `WARMUP_STEPS` eager steps and replayed."""
+
+    def __init__(self, parts: StepParts, capture: bool) -> None:
+        self.parts = parts
+        self.capture = capture
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.warm = 0
+        self.x: torch.Tensor | None = None
+        self.y: torch.Tensor | None = None
+        device = parts.loss_sum.device
+        # float32, as the fused optimizers read a tensor learning rate.
+        self.lr = torch.zeros((), dtype=torch.float32, device=device)
+        for group in parts.optimizer.param_groups:
+            group["lr"] = self.lr
+        set_capturable(parts.optimizer, capture)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+        if self.x is None:
+            self.x = torch.empty_like(layout(self.parts.net, x))
+            self.y = torch.empty_like(y)
+        self.x.copy_(x)
+        self.y.copy_(y)
+        self.lr.fill_(lr)
+        if self.graph is not None:
+            self.graph.replay()
+        elif not self.capture:
+            self.parts.optimizer.zero_grad(set_to_none=True)
+            _body(self.parts, self.x, self.y)
+        elif self.warm < WARMUP_STEPS:
+            self._warmup_step()
+        else:
+            self._capture()
+            self.graph.replay()  # capture records the step; replay runs it
+
+    def _warmup_step(self) -> None:
+        # On a side stream, as PyTorch's whole-network capture recipe does, so that lazy
+        # initialization happens outside the capture.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "This instance was constructed with capturable")
+            self.parts.optimizer.zero_grad(set_to_none=True)
+            _body(self.parts, self.x, self.y)
+        torch.cuda.current_stream().wait_stream(side)
+        self.warm += 1
+
+    def _capture(self) -> None:
+        graph = torch.cuda.CUDAGraph()
+        # Gradients allocated inside the capture live in the graph's pool, and every
+        # replay writes them in place.
+        self.parts.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            # autocast's weight cache would hold tensors from outside the graph's pool.
+            _body(self.parts, self.x, self.y, cache=False)
+        self.graph = graph
+
+
+def set_capturable(optimizer: torch.optim.Optimizer, on: bool) -> None:
+    """Adam's flag for a step inside a CUDA graph (its step count then stays on the GPU);
+    SGD has none and needs none."""
+    for group in optimizer.param_groups:
+        if "capturable" in group:
+            group["capturable"] = on
+
+
+def make_step(
+    parts: StepParts, mode: str, device: torch.device, model_name: str
+) -> EagerStep | FallbackStep:
+    """The step for `--cuda_graphs`: auto replays a CUDA graph on CUDA (falling back to
+    eager, with a note, for a model that cannot be captured) and is eager elsewhere."""
+    check_mode(mode, device)
+    if mode == "off" or device.type != "cuda":
+        return EagerStep(parts)
+    if device.index is not None:
+        torch.cuda.set_device(device)  # graphs and their streams belong to the current GPU
+    return FallbackStep(StaticStep(parts, capture=True), mode, model_name)
+
+
+def check_mode(mode: str, device: torch.device) -> None:
+    if mode not in GRAPH_MODES:
+        raise UserError(f"--cuda_graphs must be one of {', '.join(GRAPH_MODES)}, got '{mode}'")
+    if mode == "on" and device.type != "cuda":
+        raise UserError(f"--cuda_graphs=on needs a CUDA device; this run is on {device}")
+
+
+class FallbackStep:
+    """A graphed step that turns eager for good if its capture fails: with `auto` it says
+    so once and goes on; with `on` the failure is an error."""
+
+    def __init__(self, step: StaticStep, mode: str, model_name: str) -> None:
+        self.step = step
+        self.mode = mode
+        self.model_name = model_name
+        self.eager: EagerStep | None = None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+        if self.eager is not None:
+            self.eager(x, y, lr)
+            return
+        try:
+            self.step(x, y, lr)
+        except Exception as e:
+            if self.step.graph is not None or self.step.warm < WARMUP_STEPS:
+                raise  # not a capture failure
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if self.mode == "on":
+                raise UserError(
+                    f"--cuda_graphs=on: {self.model_name} cannot be captured in a CUDA graph "
+                    f"({reason}); use --cuda_graphs=auto or off"
+                ) from None
+            print(
+                f"note: {self.model_name} cannot be captured in a CUDA graph ({reason}); "
+                "training without graphs",
+                file=sys.stderr,
+            )
+            self._to_eager()
+            self.eager(x, y, lr)
+
+    def _to_eager(self) -> None:
+        parts = self.step.parts
+        parts.optimizer.zero_grad(set_to_none=True)
+        set_capturable(parts.optimizer, False)
+        self.eager = EagerStep(parts)

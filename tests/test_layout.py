@@ -1,0 +1,112 @@
+"""The layout's arrows (DESIGN.md): dependencies point inward, and the core imports no
+plugin; main.py is where the plugins join."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGINS = ("models", "datasets", "pruning", "platforms")
+# What each room of the core may import from the project.
+ALLOWED = {
+    "open_lth.foundations": ("open_lth.foundations",),
+    "open_lth.training": ("open_lth.foundations", "open_lth.training"),
+    # A pack parses each of its runs' command lines with the CLI's own parser.
+    "open_lth.lottery": (
+        "open_lth.foundations",
+        "open_lth.training",
+        "open_lth.lottery",
+        "open_lth.cli",
+    ),
+    "open_lth.cli": ("open_lth.foundations", "open_lth.training"),
+}
+PROJECT = ("open_lth", "main", "experiments", "benchmarks", *PLUGINS)
+
+
+def project_imports(path: Path) -> set[str]:
+    """Every project module `path` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name.split(".")[0] in PROJECT}
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+
+
+def core_modules() -> list[Path]:
+    return sorted((REPO / "open_lth").rglob("*.py"))
+
+
+def test_the_core_has_rooms_and_imports_inward() -> None:
+    flat = [p.name for p in (REPO / "open_lth").glob("*.py")]
+    assert sorted(flat) == ["__init__.py", "cli.py"], flat
+    wrong = []
+    for path in core_modules():
+        name = module_name(path)
+        room = next((r for r in ALLOWED if name == r or name.startswith(r + ".")), None)
+        if room is None:  # open_lth/__init__.py
+            continue
+        for imported in project_imports(path):
+            # `from open_lth.training import data` names the room and the module
+            if imported in ("open_lth", *ALLOWED[room]):
+                continue
+            if not any(imported.startswith(r + ".") for r in ALLOWED[room]):
+                wrong.append(f"{name} imports {imported}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_plugins_import_the_core_and_not_each_other() -> None:
+    wrong = []
+    for plugin in PLUGINS:
+        for path in sorted((REPO / plugin).rglob("*.py")):
+            for imported in project_imports(path):
+                top = imported.split(".")[0]
+                if top not in ("open_lth", plugin):
+                    wrong.append(f"{module_name(path)} imports {imported}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_module_imports_alone() -> None:
+    """No circular imports: each module of the core and the plugins imported first, in
+    a process where nothing of the project is loaded yet (torch stays loaded)."""
+    names = [module_name(p) for p in core_modules()]
+    names += [module_name(p) for plugin in PLUGINS for p in sorted((REPO / plugin).rglob("*.py"))]
+    script = (
+        "import importlib, sys, torch\n"
+        f"project = {PROJECT!r}\n"
+        f"for name in {names!r}:\n"
+        "    for loaded in [m for m in sys.modules if m.split('.')[0] in project]:\n"
+        "        del sys.modules[loaded]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as e:\n"
+        "        print(f'{name}: {type(e).__name__}: {e}')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and not result.stdout, result.stdout + result.stderr
+
+
+def test_main_loads_every_plugin() -> None:
+    """After main.load_plugins every registry is filled: models, data sets, strategies,
+    branches, platforms and every subcommand."""
+    from main import load_plugins
+    from open_lth.foundations import registries
+
+    load_plugins()
+    assert {"lottery", "pack", "train", "lottery_branch", "report", "status"} <= set(
+        registries.subcommands.names()
+    )
+    assert {"randomly_prune", "instability"} <= set(registries.branches.names())
+    assert {"magnitude", "fisher", "random", "gem_miner"} <= set(registries.strategies.names())
+    assert {"mnist", "cifar10"} <= set(registries.datasets.names())
