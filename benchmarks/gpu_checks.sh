@@ -2,11 +2,11 @@
 # Every GPU check in one pass, for a lent GPU machine with torch already installed (run
 # from the repository root, nothing installed). Results go to $OUT (default ./gpu_out):
 # gpu.txt (device, versions), pytest.log (the whole suite with CUDA present),
-# gpu_speed.log, fisher.log, pack_speed.log and sweep_level.log (benchmarks); `tests`
-# runs only the test files in $GPU_TESTS (tests.log).
+# gpu_speed.log, fisher.log, pack_speed.log, pack_probe.log, compile.log and
+# sweep_level.log (benchmarks); `tests` runs only the test files in $GPU_TESTS (tests.log).
 #
 #   OPEN_LTH_TEST_DATA=<folder laid out like ../shared/data> bash benchmarks/gpu_checks.sh \
-#       [suite] [tests] [speed] [fisher] [packs] [probe] [sweep]
+#       [suite] [tests] [speed] [fisher] [packs] [probe] [sweep] [compile]
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -58,6 +58,12 @@ for step in $steps; do
             >"$OUT/sweep_level.log" 2>&1
         tail -5 "$OUT/sweep_level.log"
         $PY benchmarks/level_times.py "$root" | tee -a "$OUT/sweep_level.log"
+        ;;
+    compile)
+        # ResNet-20 with graphs + torch.compile under a mode that autotunes convolutions.
+        timeout 400 $PY benchmarks/resnet_step_probe.py --dataset_root="$DATA/cifar10-subset" \
+            --parts=compile --compile_mode=${COMPILE_MODE:-max-autotune-no-cudagraphs} \
+            2>&1 | tee -a "$OUT/compile.log"
         ;;
     speed)
         timeout 240 $PY benchmarks/gpu_speed.py --dataset_root="$DATA" 2>&1 | tee "$OUT/gpu_speed.log"

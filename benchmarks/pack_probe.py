@@ -1,6 +1,7 @@
 """Where a pack's step spends its time: for K stacked copies of a model, the trainer's rate
-(run-iterations per second), the step replayed alone on a fixed batch (no batch drawn, no
-Python loop around it), the batch drawing alone (`copies_batch`: K copies' examples,
+(run-iterations per second), for data without augmentation also with the batch drawn
+outside the graph instead of inside, the step replayed alone on a fixed batch (no batch
+drawn, no Python loop around it), the batch drawing alone (`copies_batch`: K copies' examples,
 augmentation and layout), and the kernels of one eager step with their GPU time. If the
 replay alone is close to the trainer's rate, the GPU's kernels bound the pack; if it is
 far above, the host (drawing batches, the loop) does.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -23,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_speed  # noqa: E402
 
 from open_lth.foundations.model import build_model  # noqa: E402
+from open_lth.training import trainer  # noqa: E402
 from open_lth.training.data import derive_seed  # noqa: E402
 from open_lth.training.evaluation import uses_channels_last  # noqa: E402
 from open_lth.training.schedule import build_optimizer  # noqa: E402
@@ -63,6 +66,15 @@ def main() -> None:
 
     rate = k * gpu_speed.trainer_its(spec, args.steps, "auto", k=k)
     print(f"trainer (graphs):        {rate:9.0f} run-it/s  {rate / k:8.0f} steps/s", flush=True)
+    if not train.augmentation:
+        # The same with the batch drawn outside the graph, as before BatchesInStep.
+        with mock.patch.object(trainer, "replays", lambda step: False):
+            outside = k * gpu_speed.trainer_its(spec, args.steps, "auto", k=k)
+        print(
+            f"  batch drawn outside:   {outside:9.0f} run-it/s  {outside / k:8.0f} steps/s"
+            f"  (inside / outside {rate / outside:.2f}x)",
+            flush=True,
+        )
 
     generator = torch.Generator(device) if train.augmentation else None
     orders = torch.stack([train.order(seed, 0) for seed in range(k)])

@@ -31,6 +31,11 @@ def main() -> None:
     parser.add_argument("--dataset_root", required=True)
     parser.add_argument("--model", default="cifar_resnet_20")
     parser.add_argument("--parts", default="grid,replay", help="of grid, replay, profile, compile")
+    parser.add_argument(
+        "--compile_mode",
+        default="default",
+        help="torch.compile's mode for the compile part, e.g. max-autotune-no-cudagraphs",
+    )
     args = parser.parse_args()
     from main import load_plugins
 
@@ -39,12 +44,16 @@ def main() -> None:
     spec = gpu_speed.load_spec(args.model, Path(args.dataset_root), device)
     gpu_speed.trainer_its(spec, 100, "auto")
     parts = args.parts.split(",")
+    if args.compile_mode != "default":
+        # The trainer calls torch.compile(net); here with another mode (a probe only).
+        plain_compile = torch.compile
+        torch.compile = lambda net: plain_compile(net, mode=args.compile_mode)
     if "compile" in parts:
         for bf16 in (False, True):
             start = time.perf_counter()
             rate = gpu_speed.trainer_its(spec, 1000, "auto", bf16=bf16, compile=True)
             print(
-                f"graphs + torch.compile, bf16={bf16}: {rate:7.1f} it/s "
+                f"graphs + torch.compile ({args.compile_mode}), bf16={bf16}: {rate:7.1f} it/s "
                 f"(whole call {time.perf_counter() - start:.0f} s, compiling included)",
                 flush=True,
             )

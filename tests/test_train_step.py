@@ -21,7 +21,8 @@ from open_lth.foundations import paths
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import DatasetHparams, ModelHparams, TrainingHparams
 from open_lth.foundations.model import build_model
-from open_lth.training.data import load
+from open_lth.training import trainer
+from open_lth.training.data import BatchesInStep, load
 from open_lth.training.evaluation import layout
 from open_lth.training.schedule import build_optimizer
 from open_lth.training.stacked import stack, stack_state
@@ -33,6 +34,7 @@ from open_lth.training.train_step import (
     StepParts,
     make_step,
 )
+from open_lth.training.trainer import Copy, Seeds, TrainOptions, train_copies
 
 load_plugins()
 CPU = torch.device("cpu")
@@ -121,6 +123,100 @@ def test_static_step_equals_the_eager_step_on_the_cpu(spec: tuple, copies: int) 
     assert static.lr.item() == pytest.approx(data[-1][2])
 
 
+def in_step_batches(copies: int, device: torch.device, steps: int) -> tuple:
+    """MNIST (no augmentation) drawn two ways: by the trainer's slices of the epoch's
+    orders, outside the step, and by a BatchesInStep source for the same steps."""
+    _, dataset, root, batch, _ = LENET
+    data, _ = load(DatasetHparams(dataset, batch, subsample_fraction=0.1), root, True, device)
+    orders = torch.stack([data.order(c, 0) for c in range(copies)])
+    lrs = [float(torch.tensor(0.05 / (s + 1), dtype=torch.float32)) for s in range(steps)]
+    outside = [
+        (*data.copies_batch(orders[:, s * batch : (s + 1) * batch]), lrs[s]) for s in range(steps)
+    ]
+    source = BatchesInStep(data, copies, batch)
+    source.set_epoch(orders)
+    return outside, source, lrs
+
+
+def run_in_step(step: object, source: BatchesInStep, lrs: list[float]) -> None:
+    for s, lr in enumerate(lrs):
+        source.set_step(s * source.span.numel())
+        step(None, None, lr)
+
+
+@pytest.mark.parametrize("copies", [1, 3])
+def test_a_batch_drawn_inside_the_step_equals_one_drawn_outside(copies: int) -> None:
+    outside, source, lrs = in_step_batches(copies, CPU, 6)
+    source.set_step(2 * 60)
+    x, y = source()
+    assert torch.equal(x, outside[2][0]) and torch.equal(y, outside[2][1])
+    eager_parts, eager_net = parts_for(LENET, copies, CPU)
+    static_parts, static_net = parts_for(LENET, copies, CPU)
+    run(EagerStep(eager_parts), outside)
+    static_parts.source = source
+    run_in_step(StaticStep(static_parts, capture=False), source, lrs)
+    for (name, a), b in zip(eager_net.state_dict().items(), static_net.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(eager_parts.loss_sum, static_parts.loss_sum)
+    assert torch.equal(eager_parts.correct, static_parts.correct)
+    with pytest.raises(ValueError, match="without augmentation"):
+        cifar, _ = load(DatasetHparams("cifar10", 32), CIFAR, True, CPU)
+        BatchesInStep(cifar, 1, 32)
+
+
+def test_the_trainer_draws_inside_a_replayed_step(tmp_path: Path, monkeypatch) -> None:
+    """The trainer's own path for a graphed step on data without augmentation (the
+    source, its epoch orders and positions, across an epoch boundary), run on a CPU
+    with the static step eager: the same weights and metrics, to the bit, as the plain
+    eager trainer; and a second run resumed halfway agrees too."""
+    hp = DatasetHparams("mnist", 60, subsample_fraction=0.02)  # 1,200 images: 20 it/epoch
+    train_data, _ = load(hp, DATA, True, CPU)
+    test_data, _ = load(hp, DATA, False, CPU)
+    # A rate float32 holds exactly, as the static step's lr tensor is float32.
+    training = TrainingHparams("adam", 2**-10, "45it")
+    model_hp = ModelHparams("mnist_lenet_300_100", "kaiming_normal", "uniform")
+    used, crash_after = [], [None]
+
+    def static_step(parts, mode, device, name):  # what make_step gives on CUDA
+        step = FallbackStep(StaticStep(parts, capture=False), mode, name)
+        used.append(step)
+        if crash_after[0] is None:
+            return step
+
+        def crashing(x, y, lr):  # killed between two checkpoints
+            crash_after[0] -= 1
+            if crash_after[0] < 0:
+                raise RuntimeError("killed")
+            step(x, y, lr)
+
+        return crashing
+
+    def fit(out: Path, checkpoint_every: str | None = None) -> dict:
+        models = [build_model(model_hp, 10, seed) for seed in (1, 2)]
+        copies = [Copy(out / str(j), Seeds(j, j)) for j in range(2)]
+        options = TrainOptions(eval_every="15it", checkpoint_every=checkpoint_every, quiet=True)
+        train_copies(models, training, train_data, test_data, 60, copies, None, options)
+        return {j: torch.load(paths.weights(out / str(j), 45), weights_only=True) for j in (0, 1)}
+
+    plain = fit(tmp_path / "plain")
+    monkeypatch.setattr(trainer, "make_step", static_step)
+    inside = fit(tmp_path / "inside")
+    assert used and used[0].step.parts.source is not None
+    crash_after[0] = 27
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(tmp_path / "resumed", checkpoint_every="10it")
+    crash_after[0] = None
+    resumed = fit(tmp_path / "resumed", checkpoint_every="10it")  # from iteration 20
+    strip = lambda t: [r for r in t.splitlines() if "wall_seconds" not in r]  # noqa: E731
+    for j in (0, 1):
+        for name, value in plain[j].items():
+            assert torch.equal(value, inside[j][name]), (j, name)
+            assert torch.equal(value, resumed[j][name]), (j, name)
+        a = (tmp_path / "plain" / str(j) / "metrics.csv").read_text()
+        for other in ("inside", "resumed"):
+            assert strip(a) == strip((tmp_path / other / str(j) / "metrics.csv").read_text())
+
+
 def test_graphs_are_eager_without_cuda() -> None:
     parts, _ = parts_for(LENET, 1, CPU)
     assert isinstance(make_step(parts, "auto", CPU, "Model"), EagerStep)
@@ -159,6 +255,26 @@ def test_graph_replay_equals_eager_on_the_gpu(spec: tuple, copies: int, monkeypa
     torch.testing.assert_close(eager_parts.loss_sum, graph_parts.loss_sum, rtol=1e-4, atol=0)
     x = layout(graph_net, data[0][0])
     assert graph_net(x).isfinite().all()
+
+
+@cuda
+@pytest.mark.parametrize("copies", [1, 2])
+def test_a_replayed_graph_draws_its_own_batches(copies: int, monkeypatch) -> None:
+    """The graph holds the batch's gather: each replay reads the position the host
+    wrote, so it follows the eager steps on the batches drawn outside."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    gpu = torch.device("cuda")
+    outside, source, lrs = in_step_batches(copies, gpu, WARMUP_STEPS + 5)
+    eager_parts, eager_net = parts_for(LENET, copies, gpu)
+    graph_parts, graph_net = parts_for(LENET, copies, gpu)
+    run(EagerStep(eager_parts), outside)
+    graph_parts.source = source
+    step = make_step(graph_parts, "on", gpu, "Model")
+    run_in_step(step, source, lrs)
+    assert step.step.graph is not None
+    for (name, a), b in zip(eager_net.state_dict().items(), graph_net.state_dict().values()):
+        assert (a - b).norm() <= 1e-3 * a.norm() + 1e-6, name
+    torch.testing.assert_close(eager_parts.correct, graph_parts.correct, rtol=0, atol=2)
 
 
 class Syncs(torch.nn.Module):

@@ -122,6 +122,34 @@ class DeviceData:
         return torch.randperm(len(self), generator=g).to(self.device)
 
 
+class BatchesInStep:
+    """The batches of data without augmentation drawn inside the training step, so that a
+    CUDA graph replays the drawing with the step and the host writes one number a step
+    instead of launching the gather, normalization and copies itself. The epoch's order
+    (K, N) sits in a static device buffer and the step's first position in a device
+    scalar; calling it gathers `orders[:, p : p + B]`, the very indices (hence, to the
+    bit, the batch) that the trainer draws outside the step."""
+
+    def __init__(self, data: DeviceData, copies: int, batch_size: int) -> None:
+        if data.augmentation:
+            # The augmentation draws reseed a generator per copy and step (functions of
+            # seed and step), which a replayed graph cannot do.
+            raise ValueError("only data without augmentation is drawn inside the step")
+        self.data = data
+        self.orders = torch.zeros((copies, len(data)), dtype=torch.int64, device=data.device)
+        self.start = torch.zeros((), dtype=torch.int64, device=data.device)
+        self.span = torch.arange(batch_size, device=data.device)
+
+    def set_epoch(self, orders: torch.Tensor) -> None:
+        self.orders.copy_(orders)
+
+    def set_step(self, position: int) -> None:
+        self.start.fill_(position)
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data.copies_batch(self.orders.index_select(1, self.start + self.span))
+
+
 def load(
     hparams: DatasetHparams, root: Path, train: bool, device: torch.device
 ) -> tuple[DeviceData, int]:

@@ -3,10 +3,12 @@
 A ResNet-20 or LeNet step is far too small to fill a GPU: the time goes to launching a few
 hundred kernels from Python. On CUDA the step (forward, backward, gradient masking,
 optimizer step, running sums of loss and accuracy) is captured once in a CUDA graph and
-replayed, one launch per step. What the graph cannot hold stays outside and is unchanged:
-the batch (order and augmentation, functions of seed and step) is prepared eagerly and
-copied into static input buffers, and the learning rate is a device tensor filled before
-each replay, so a graphed run sees exactly the batches and schedule of an eager one.
+replayed, one launch per step. The learning rate is a device tensor filled before each
+replay. A batch of data without augmentation is drawn inside the step (`source`,
+open_lth.training.data.BatchesInStep: the host writes the step's position); an augmented
+batch (its crops and flips reseed a generator per copy and step) is prepared eagerly and
+copied into static input buffers. Either way a graphed run sees exactly the batches and
+schedule of an eager one.
 
 `StaticStep(capture=False)` runs the same static-buffer code eagerly; on a CPU it is the
 test that guards the graph path's logic (it must equal `EagerStep`).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -43,9 +46,16 @@ class StepParts:
     bf16: bool
     loss_sum: torch.Tensor
     correct: torch.Tensor
+    # Draws the batch inside the step when the caller passes none (x, y = None).
+    source: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
-def _body(parts: StepParts, x: torch.Tensor, y: torch.Tensor, cache: bool = True) -> None:
+Batch = torch.Tensor | None
+
+
+def _body(parts: StepParts, x: Batch, y: Batch, cache: bool = True) -> None:
+    if x is None:
+        x, y = parts.source()
     with autocast(x.device, parts.bf16, cache):
         output = split_output(parts.forward(layout(parts.net, x)), parts.copies).float()
         losses = per_copy_loss(output, y).mean(0)
@@ -67,7 +77,7 @@ class EagerStep:
     def __init__(self, parts: StepParts) -> None:
         self.parts = parts
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+    def __call__(self, x: Batch, y: Batch, lr: float) -> None:
         for group in self.parts.optimizer.param_groups:
             group["lr"] = lr
         self.parts.optimizer.zero_grad(set_to_none=True)
@@ -92,12 +102,15 @@ class StaticStep:
             group["lr"] = self.lr
         set_capturable(parts.optimizer, capture)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
-        if self.x is None:
-            self.x = torch.empty_like(layout(self.parts.net, x))
-            self.y = torch.empty_like(y)
-        self.x.copy_(x)
-        self.y.copy_(y)
+    def __call__(self, x: Batch, y: Batch, lr: float) -> None:
+        """One step on the batch (x, y), or (None, None) on the batch `parts.source`
+        draws inside the step; a step object keeps to one of the two."""
+        if x is not None:
+            if self.x is None:
+                self.x = torch.empty_like(layout(self.parts.net, x))
+                self.y = torch.empty_like(y)
+            self.x.copy_(x)
+            self.y.copy_(y)
         self.lr.fill_(lr)
         if self.graph is not None:
             self.graph.replay()
@@ -154,6 +167,12 @@ def make_step(
     return FallbackStep(StaticStep(parts, capture=True), mode, model_name)
 
 
+def replays(step: object) -> bool:
+    """Whether `step` is (or may become) a replayed graph, so the batch is best drawn
+    inside it."""
+    return isinstance(step, StaticStep | FallbackStep)
+
+
 def check_mode(mode: str, device: torch.device) -> None:
     if mode not in GRAPH_MODES:
         raise UserError(f"--cuda_graphs must be one of {', '.join(GRAPH_MODES)}, got '{mode}'")
@@ -171,7 +190,7 @@ class FallbackStep:
         self.model_name = model_name
         self.eager: EagerStep | None = None
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+    def __call__(self, x: Batch, y: Batch, lr: float) -> None:
         if self.eager is not None:
             self.eager(x, y, lr)
             return

@@ -27,12 +27,12 @@ from open_lth.foundations.model import Model
 from open_lth.foundations.step import Step
 from open_lth.foundations.store import atomic_torch_save
 from open_lth.training.checkpoints import Checkpoints
-from open_lth.training.data import DeviceData, derive_seed
+from open_lth.training.data import BatchesInStep, DeviceData, derive_seed
 from open_lth.training.evaluation import evaluate_copies, uses_channels_last
 from open_lth.training.metrics import MetricLogger
 from open_lth.training.schedule import build_optimizer, lr_schedule
 from open_lth.training.stacked import stack, stack_state, unstack_state
-from open_lth.training.train_step import StepParts, make_step, set_capturable
+from open_lth.training.train_step import StepParts, make_step, replays, set_capturable
 
 
 @dataclass
@@ -244,6 +244,10 @@ def train_copies(
     # DDP's gradient all-reduce does not go into a CUDA graph: its steps run eagerly.
     graphs = "off" if distributed.active() else options.cuda_graphs
     take_step = make_step(parts, graphs, device, type(base_net).__name__)
+    # A graphed step draws a batch without augmentation itself (see BatchesInStep).
+    source = None
+    if replays(take_step) and not train_data.augmentation:
+        parts.source = source = BatchesInStep(train_data, k, batch_size)
 
     generator = torch.Generator(device) if train_data.augmentation else None
     orders = torch.empty(0)
@@ -288,16 +292,24 @@ def train_copies(
             if epoch != order_epoch:
                 orders = torch.stack([train_data.order(c.seeds.data_order, epoch) for c in copies])
                 order_epoch = epoch
-            index = orders[:, (it % ipe) * batch_size : (it % ipe + 1) * batch_size]
-            seeds = None
-            if generator is not None:
-                seeds = [derive_seed("augment", c.seeds.augmentation, it) for c in copies]
-            x, y = train_data.copies_batch(index, generator, seeds)
-            # Under torchrun the global batch was drawn above; each rank takes its slice.
-            x, y = distributed.shard(x), distributed.shard(y)
-            take_step(x, y, lr_at(it))
+                if source is not None:
+                    source.set_epoch(orders)
+            position = (it % ipe) * batch_size
+            if source is not None:
+                source.set_step(position)
+                take_step(None, None, lr_at(it))
+                state.seen += batch_size
+            else:
+                seeds = None
+                if generator is not None:
+                    seeds = [derive_seed("augment", c.seeds.augmentation, it) for c in copies]
+                index = orders[:, position : position + batch_size]
+                x, y = train_data.copies_batch(index, generator, seeds)
+                # Under torchrun the global batch was drawn above; each rank takes its slice.
+                x, y = distributed.shard(x), distributed.shard(y)
+                take_step(x, y, lr_at(it))
+                state.seen += len(x)
             state.steps += 1
-            state.seen += len(x)
             state.iteration = it + 1
             if device.type == "cpu" or state.iteration % 100 == 0:
                 check_finite()
