@@ -2,11 +2,11 @@
 # Every GPU check in one pass, for a lent GPU machine with torch already installed (run
 # from the repository root, nothing installed). Results go to $OUT (default ./gpu_out):
 # gpu.txt (device, versions), pytest.log (the whole suite with CUDA present),
-# gpu_speed.log, fisher.log, pack_speed.log, pack_probe.log, compile.log and
-# sweep_level.log (benchmarks); `tests` runs only the test files in $GPU_TESTS (tests.log).
+# gpu_speed.log, fisher.log, pack_speed.log, pack_probe.log, compile.log,
+# streams.log and sweep_level.log (benchmarks); `tests` runs only the test files in $GPU_TESTS (tests.log).
 #
 #   OPEN_LTH_TEST_DATA=<folder laid out like ../shared/data> bash benchmarks/gpu_checks.sh \
-#       [suite] [tests] [speed] [fisher] [packs] [probe] [sweep] [compile]
+#       [suite] [tests] [speed] [fisher] [packs] [probe] [sweep] [compile] [streams]
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -58,6 +58,14 @@ for step in $steps; do
             >"$OUT/sweep_level.log" 2>&1
         tail -5 "$OUT/sweep_level.log"
         $PY benchmarks/level_times.py "$root" | tee -a "$OUT/sweep_level.log"
+        ;;
+    streams)
+        # K runs as K networks on K streams of one graph, against stacked (replay alone).
+        for spec in "cifar_resnet_20 8" "mnist_lenet_300_100 16"; do
+            set -- $spec
+            timeout 150 $PY benchmarks/streams_probe.py --dataset_root="$DATA" --model=$1 --k=$2 \
+                2>&1 | tee -a "$OUT/streams.log"
+        done
         ;;
     compile)
         # ResNet-20 with graphs + torch.compile under a mode that autotunes convolutions.
