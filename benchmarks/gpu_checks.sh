@@ -2,8 +2,9 @@
 # Every GPU check in one pass, for a lent GPU machine with torch already installed (run
 # from the repository root, nothing installed). Results go to $OUT (default ./gpu_out):
 # gpu.txt (device, versions), pytest.log (the whole suite with CUDA present),
-# gpu_speed.log, fisher.log, pack_speed.log, pack_probe.log, compile.log,
-# streams.log and sweep_level.log (benchmarks); `tests` runs only the test files in $GPU_TESTS (tests.log).
+# gpu_speed.log, fisher.log, pack_speed.log, pack_probe.log, compile.log, streams.log
+# and sweep_level.log (benchmarks); `tests` runs only the test files in $GPU_TESTS
+# (tests.log).
 #
 #   OPEN_LTH_TEST_DATA=<folder laid out like ../shared/data> bash benchmarks/gpu_checks.sh \
 #       [suite] [tests] [speed] [fisher] [packs] [probe] [sweep] [compile] [streams]
