@@ -107,6 +107,36 @@ def test_a_mixed_pack_writes_what_its_runs_write_alone(cli, tmp_path: Path, devi
             assert close(*end1, rtol=1e-4, atol=max(atol, 1e-5)), worst(*end1)
 
 
+def test_a_convolutional_pack_on_a_cpu_trains_its_runs_in_turn(
+    cli, tmp_path: Path, tiny_cifar: Path
+) -> None:
+    """On a CPU stacking a ResNet only slows it (pack.trains_in_turn): its runs train one
+    after the other, each exactly as alone, to the bit."""
+
+    def resnet(root: Path, replicate: int) -> list[str]:
+        return [
+            "lottery", "--default_hparams=cifar_resnet_8", f"--dataset_root={tiny_cifar}",
+            f"--root={root}", "--batch_size=32", "--training_steps=6it", "--eval_every=3it",
+            "--levels=1", f"--replicate={replicate}",
+        ]  # fmt: skip
+
+    code, out, err = cli(*pack(resnet(tmp_path / "pack", 1), resnet(tmp_path / "pack", 2)))
+    assert code == 0, err
+    assert "trained one after the other (a convolutional model on a CPU)" in out
+    for replicate in (1, 2):
+        run = resnet(tmp_path / "alone", replicate)
+        assert cli(*run, "--quiet")[0] == 0
+        alone = Path(cli(*run, "--display_output_location")[1].strip())
+        packed = tmp_path / "pack" / alone.relative_to(tmp_path / "alone")
+        assert files(packed) == files(alone)
+        for level in (0, 1):
+            a, p = (paths.weights(level_dir(d, level), 6) for d in (alone, packed))
+            assert close(load(a), load(p), 0, 0), (replicate, level)
+    assert pack_runner.trains_in_turn("cifar_resnet_20", torch.device("cpu"))
+    assert not pack_runner.trains_in_turn("mnist_lenet_300_100", torch.device("cpu"))
+    assert not pack_runner.trains_in_turn("cifar_resnet_20", torch.device("cuda"))
+
+
 def _iterations(root: Path) -> list[int]:
     found = sorted(root.glob("lottery_*/replicate_*/level_1/main/checkpoint.pt"))
     if len(found) < 2:

@@ -29,6 +29,8 @@ import os
 import shlex
 from pathlib import Path
 
+import torch
+
 from open_lth.foundations import paths, registries
 from open_lth.foundations.errors import TrainingDiverged, UserError
 from open_lth.foundations.hparams import DefaultHparams
@@ -107,7 +109,12 @@ class PackRunner(Runner):
             lv.check(lv.new_model())
         if not quiet:
             print(first.desc.display())
-            print(f"A pack of {len(members)} runs, trained as one stacked network:")
+            how = (
+                "one after the other (a convolutional model on a CPU)"
+                if trains_in_turn(first.desc.model.model_name, data.train.device)
+                else "as one stacked network"
+            )
+            print(f"A pack of {len(members)} runs, trained {how}:")
             for m in members:
                 print(f"  {m.output_location}  ({m.desc.pruning.pruning_strategy})")
         failed: dict[int, str] = {}
@@ -139,6 +146,7 @@ class PackRunner(Runner):
         data = levels[0].data
         groups: dict[tuple, list[tuple[int, Copy, object]]] = {}
         at = align_checkpoints([level_dir(levels[i].replicate_dir, level) for i in todo])
+        in_turn = trains_in_turn(first.desc.model.model_name, data.train.device)
         for i in todo:
             s = self.members[i].start_level(levels[i], level)
             if paths.weights(s.out, levels[i].end).exists() and at[s.out] is None:
@@ -147,12 +155,13 @@ class PackRunner(Runner):
             # Runs train together when they are at the same point: fresh from the same
             # start, or resuming from checkpoints at the same iteration.
             key = (at[s.out] is not None, s.start if at[s.out] is None else at[s.out], s.start)
+            key += (i,) if in_turn else ()
             groups.setdefault(key, []).append(
                 (i, Copy(s.out, s.seeds, s.mask, s.supermask), s.model)
             )
         failed: dict[int, str] = {}
         rewind = levels[0].rewind
-        for (_, _, start), group in groups.items():
+        for (_, _, start, *_), group in groups.items():
             diverged = train_copies(
                 [model for _, _, model in group],
                 training,
@@ -171,6 +180,15 @@ class PackRunner(Runner):
                 else:
                     _write_summary(c.out, level, first.job.options.quiet)
         return failed
+
+
+def trains_in_turn(model_name: str, device: torch.device) -> bool:
+    """On a CPU a convolutional model's runs train one after the other, each exactly as
+    alone: a CPU has no idle units for a stacked network to fill, and K stacked
+    ResNet-20s there ran at 0.64x (K=2) and 0.46x (K=4) the rate of the runs in turn
+    (their activations, K times larger, spill the caches; benchmarks/pack_speed.py).
+    Stacked linear layers do pay on a CPU (16 LeNets 1.4x), and everything pays on a GPU."""
+    return device.type == "cpu" and registries.models.get(model_name).is_convolutional
 
 
 def _write_summary(out: Path, level: int, quiet: bool) -> None:
