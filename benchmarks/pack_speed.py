@@ -52,15 +52,21 @@ def eval_seconds(spec: dict, k: int) -> float:
 
 
 def measure(
-    spec: dict, ks: list[int], steps: int, rounds: int, graphs: str, bf16: bool = False
+    spec: dict,
+    ks: list[int],
+    steps: int,
+    rounds: int,
+    graphs: str,
+    bf16: bool = False,
+    compile: bool = False,
 ) -> list[dict]:
     rows = []
     for k in ks:
         packed, alone = [], []
         for _ in range(rounds):
-            packed.append(k * trainer_its(spec, steps, graphs, bf16=bf16, k=k))
+            packed.append(k * trainer_its(spec, steps, graphs, bf16, compile, k=k))
             # K runs one after the other: K steady-state windows of the same length.
-            seconds = sum(1 / trainer_its(spec, steps, graphs, bf16=bf16) for _ in range(k))
+            seconds = sum(1 / trainer_its(spec, steps, graphs, bf16, compile) for _ in range(k))
             alone.append(k / seconds)
         rows.append(
             {
@@ -94,6 +100,9 @@ def main() -> None:
         "--nchw", action="store_true", help="convolutions in NCHW rather than channels_last"
     )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (packed and alone)")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the network (packed and alone)"
+    )
     args = parser.parse_args()
     from main import load_plugins
 
@@ -109,7 +118,7 @@ def main() -> None:
     )
     path = "CUDA graphs" if cuda else "eager"
     layout = "NCHW" if args.nchw or not cuda else "channels_last"
-    precision = "bf16" if args.bf16 else "fp32"
+    precision = ("bf16" if args.bf16 else "fp32") + (", torch.compile" if args.compile else "")
     print(
         f"{name}, torch {torch.__version__}, step path: {path}, convolutions {layout}, {precision}"
     )
@@ -119,12 +128,14 @@ def main() -> None:
         steps = args.lenet_steps or (2000 if cuda else 400)
         print(f"LeNet-300-100, batch 60, {steps} steps a measurement:")
         spec = load_spec("mnist_lenet_300_100", root, device)
-        results["lenet"] = measure(spec, lenet_k, steps, args.rounds, graphs, args.bf16)
+        results["lenet"] = measure(
+            spec, lenet_k, steps, args.rounds, graphs, args.bf16, args.compile
+        )
     if resnet_k:
         print(f"ResNet-20, batch 128, {args.resnet_steps} steps a measurement:")
         spec = load_spec("cifar_resnet_20", root / "cifar10-subset", device)
         results["resnet"] = measure(
-            spec, resnet_k, args.resnet_steps, args.rounds, graphs, args.bf16
+            spec, resnet_k, args.resnet_steps, args.rounds, graphs, args.bf16, args.compile
         )
     for model, rows in results.items():
         one = next((r["packed"] for r in rows if r["k"] == 1), None)
