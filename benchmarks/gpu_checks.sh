@@ -23,6 +23,16 @@ steps=${*:-suite speed fisher}
 } >"$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
 
+# A probe for the packs the issues measure: 16 LeNets and 8 ResNet-20s.
+each_pack() {
+    local script=$1 limit=$2 log=$3 spec
+    for spec in "mnist_lenet_300_100 16" "cifar_resnet_20 8"; do
+        set -- $spec
+        timeout "$limit" $PY "$script" --dataset_root="$DATA" --model="$1" --k="$2" \
+            2>&1 | tee -a "$OUT/$log"
+    done
+}
+
 for step in $steps; do
     start=$(date +%s)
     case $step in
@@ -44,11 +54,7 @@ for step in $steps; do
         ;;
     probe)
         # Where a pack's step goes: replay alone against the trainer, and its kernels.
-        for spec in "mnist_lenet_300_100 16" "cifar_resnet_20 8"; do
-            set -- $spec
-            timeout 120 $PY benchmarks/pack_probe.py --dataset_root="$DATA" --model=$1 --k=$2 \
-                2>&1 | tee -a "$OUT/pack_probe.log"
-        done
+        each_pack benchmarks/pack_probe.py 120 pack_probe.log
         ;;
     sweep)
         # One pack of the LeNet study at its own settings (replicate 1: three strategies,
@@ -62,11 +68,7 @@ for step in $steps; do
         ;;
     streams)
         # K runs as K networks on K streams of one graph, against stacked (replay alone).
-        for spec in "cifar_resnet_20 8" "mnist_lenet_300_100 16"; do
-            set -- $spec
-            timeout 150 $PY benchmarks/streams_probe.py --dataset_root="$DATA" --model=$1 --k=$2 \
-                2>&1 | tee -a "$OUT/streams.log"
-        done
+        each_pack benchmarks/streams_probe.py 150 streams.log
         ;;
     compile)
         # ResNet-20 with graphs + torch.compile under a mode that autotunes convolutions.

@@ -113,6 +113,8 @@ def main() -> None:
 
     load_plugins()
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: streams_probe.py measures CUDA graphs; --device=cpu is a smoke test")
     root = Path(args.dataset_root)
     root = root / "cifar10-subset" if "cifar" in args.model else root
     spec = gpu_speed.load_spec(args.model, root, device)
