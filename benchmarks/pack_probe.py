@@ -2,9 +2,10 @@
 (run-iterations per second), for data without augmentation also with the batch drawn
 outside the graph instead of inside, the step replayed alone on a fixed batch (no batch
 drawn, no Python loop around it), the batch drawing alone (`copies_batch`: K copies' examples,
-augmentation and layout), and the kernels of one eager step with their GPU time. If the
-replay alone is close to the trainer's rate, the GPU's kernels bound the pack; if it is
-far above, the host (drawing batches, the loop) does.
+augmentation and layout), the trainer's loop around a step that does nothing (the host's
+own cost a step), and the kernels of one eager step with their GPU time. If the replay
+alone is close to the trainer's rate, the GPU's kernels bound the pack; if it is far
+above, the host (drawing batches, the loop) does.
 
     python benchmarks/pack_probe.py --dataset_root=<folder laid out like ../shared/data> \\
         --model=mnist_lenet_300_100 --k=16
@@ -33,6 +34,11 @@ from open_lth.training.stacked import stack  # noqa: E402
 from open_lth.training.train_step import EagerStep, StaticStep, StepParts  # noqa: E402
 
 
+class NullStep:
+    def __call__(self, x: object, y: object, lr: float) -> None:
+        pass
+
+
 def parts_for(spec: dict, k: int, device: torch.device) -> StepParts:
     models = [build_model(spec["model_hp"], 10, seed=i) for i in range(k)]
     net = (models[0] if k == 1 else stack(models)).to(device)
@@ -50,19 +56,22 @@ def main() -> None:
     parser.add_argument("--model", default="mnist_lenet_300_100")
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--device", default="cuda", help="cpu: a smoke test of this script")
     args = parser.parse_args()
     from main import load_plugins
 
     load_plugins()
-    if not torch.cuda.is_available():
-        sys.exit("error: pack_probe.py measures CUDA graphs and needs a CUDA GPU")
-    device = torch.device("cuda")
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        sys.exit("error: pack_probe.py measures CUDA graphs; --device=cpu is a smoke test")
     root = Path(args.dataset_root)
     root = root / "cifar10-subset" if "cifar" in args.model else root
     spec = gpu_speed.load_spec(args.model, root, device)
     k, batch = args.k, spec["batch"]
     train = spec["train"]
-    print(f"{torch.cuda.get_device_name(device)}: {args.model}, K={k}, batch {batch}")
+    name = torch.cuda.get_device_name(device) if cuda else "CPU (smoke test)"
+    print(f"{name}: {args.model}, K={k}, batch {batch}")
 
     rate = k * gpu_speed.trainer_its(spec, args.steps, "auto", k=k)
     print(f"trainer (graphs):        {rate:9.0f} run-it/s  {rate / k:8.0f} steps/s", flush=True)
@@ -88,16 +97,29 @@ def main() -> None:
 
     drawn = gpu_speed.timed(draw, args.steps)
     print(f"batch drawing alone:     {k * drawn:9.0f} run-it/s  {drawn:8.0f} steps/s")
+    # The host's own cost a step: the trainer's loop around a step that does nothing
+    # (its batch still drawn, outside or inside). Near the trainer's step time: host-bound.
+    for inside in (True, False) if not train.augmentation else (False,):
+        with (
+            mock.patch.object(trainer, "make_step", lambda *a: NullStep()),
+            mock.patch.object(trainer, "replays", lambda step, inside=inside: inside),
+        ):
+            loop = gpu_speed.trainer_its(spec, 4 * args.steps, "auto", k=k)
+        where = "inside" if inside else "outside"
+        print(f"loop, null step, batch {where:7s} {1e6 / loop:6.1f} us a step (host)", flush=True)
 
-    static = StaticStep(parts_for(spec, k, device), capture=True)
+    static = StaticStep(parts_for(spec, k, device), capture=cuda)
     x, y = draw()
     for _ in range(5):
         static(x, y, 0.01)
-    replay = gpu_speed.timed(static.graph.replay, args.steps)
+    replay = gpu_speed.timed(
+        static.graph.replay if cuda else lambda: static(x, y, 0.01), args.steps
+    )
     print(f"graph replay alone:      {k * replay:9.0f} run-it/s  {replay:8.0f} steps/s")
 
-    eager = EagerStep(parts_for(spec, k, device))
-    gpu_speed.kernel_profile(lambda: eager(x, y, 0.01), "one eager step of the pack", 10)
+    if cuda:
+        eager = EagerStep(parts_for(spec, k, device))
+        gpu_speed.kernel_profile(lambda: eager(x, y, 0.01), "one eager step of the pack", 10)
 
 
 if __name__ == "__main__":
