@@ -143,7 +143,13 @@ def conventional_its(spec: dict, workers: int, steps: int, device: torch.device)
 
 
 def trainer_its(
-    spec: dict, steps: int, graphs: str, bf16: bool = False, compile: bool = False, k: int = 1
+    spec: dict,
+    steps: int,
+    graphs: str,
+    bf16: bool = False,
+    compile: bool = False,
+    k: int = 1,
+    pack_streams: int = 1,
 ) -> float:
     """The trainer's own clock between its evaluations at steps/2 and steps: iterations
     (of all K copies together) per second, in steady state."""
@@ -151,11 +157,15 @@ def trainer_its(
     training = type(spec["training"])(**{**fields, "bf16": bf16, "compile": compile})
     device = spec["train"].device
     models = [build_model(spec["model_hp"], 10, seed=i).to(device) for i in range(k)]
-    options = TrainOptions(f"{steps // 2}it", f"{steps}it", quiet=True, cuda_graphs=graphs)
+    options = TrainOptions(
+        f"{steps // 2}it", f"{steps}it", quiet=True, cuda_graphs=graphs, pack_streams=pack_streams
+    )
     with tempfile.TemporaryDirectory() as tmp:
         copies = [Copy(Path(tmp) / f"c{i}", Seeds(i, i)) for i in range(k)]
         data = (spec["train"], spec["test"])
-        train_copies(models, training, *data, spec["batch"], copies, Path(tmp) / "ck", options)
+        # Lanes are a pack's (independent runs, a checkpoint each); one job stays stacked.
+        shared = None if pack_streams > 1 else Path(tmp) / "ck"
+        train_copies(models, training, *data, spec["batch"], copies, shared, options)
         rows = read_rows(copies[0].out / "metrics.csv")
         wall = {it: v for it, name, v in rows if name == "wall_seconds"}
     return (steps - steps // 2) / (wall[steps] - wall[steps // 2])

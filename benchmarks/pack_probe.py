@@ -39,9 +39,10 @@ class NullStep:
         pass
 
 
-def parts_for(spec: dict, k: int, device: torch.device) -> StepParts:
+def parts_for(spec: dict, k: int, device: torch.device, lanes: int = 1) -> StepParts:
+    """K fresh copies as one stacked network (or `lanes` of them), an optimizer, sums."""
     models = [build_model(spec["model_hp"], 10, seed=i) for i in range(k)]
-    net = (models[0] if k == 1 else stack(models)).to(device)
+    net = (models[0] if k == 1 else stack(models, lanes)).to(device)
     if uses_channels_last(net, device):
         net = net.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(spec["training"], list(net.parameters()))

@@ -59,12 +59,13 @@ def measure(
     graphs: str,
     bf16: bool = False,
     compile: bool = False,
+    pack_streams: int = 1,
 ) -> list[dict]:
     rows = []
     for k in ks:
         packed, alone = [], []
         for _ in range(rounds):
-            packed.append(k * trainer_its(spec, steps, graphs, bf16, compile, k=k))
+            packed.append(k * trainer_its(spec, steps, graphs, bf16, compile, k, pack_streams))
             # K runs one after the other: K steady-state windows of the same length.
             seconds = sum(1 / trainer_its(spec, steps, graphs, bf16, compile) for _ in range(k))
             alone.append(k / seconds)
@@ -103,6 +104,9 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the network (packed and alone)"
     )
+    parser.add_argument(
+        "--pack_streams", type=int, default=1, help="a pack as N lanes on N CUDA streams"
+    )
     args = parser.parse_args()
     from main import load_plugins
 
@@ -119,6 +123,7 @@ def main() -> None:
     path = "CUDA graphs" if cuda else "eager"
     layout = "NCHW" if args.nchw or not cuda else "channels_last"
     precision = ("bf16" if args.bf16 else "fp32") + (", torch.compile" if args.compile else "")
+    precision += f", packs in {args.pack_streams} lanes" if args.pack_streams > 1 else ""
     print(
         f"{name}, torch {torch.__version__}, step path: {path}, convolutions {layout}, {precision}"
     )
@@ -129,13 +134,20 @@ def main() -> None:
         print(f"LeNet-300-100, batch 60, {steps} steps a measurement:")
         spec = load_spec("mnist_lenet_300_100", root, device)
         results["lenet"] = measure(
-            spec, lenet_k, steps, args.rounds, graphs, args.bf16, args.compile
+            spec, lenet_k, steps, args.rounds, graphs, args.bf16, args.compile, args.pack_streams
         )
     if resnet_k:
         print(f"ResNet-20, batch 128, {args.resnet_steps} steps a measurement:")
         spec = load_spec("cifar_resnet_20", root / "cifar10-subset", device)
         results["resnet"] = measure(
-            spec, resnet_k, args.resnet_steps, args.rounds, graphs, args.bf16, args.compile
+            spec,
+            resnet_k,
+            args.resnet_steps,
+            args.rounds,
+            graphs,
+            args.bf16,
+            args.compile,
+            args.pack_streams,
         )
     for model, rows in results.items():
         one = next((r["packed"] for r in rows if r["k"] == 1), None)

@@ -239,6 +239,7 @@ def _job_settings(m: LotteryRunner) -> dict[str, object]:
         "--eval_every": options.eval_every,
         "--checkpoint_every": options.checkpoint_every,
         "--cuda_graphs": options.cuda_graphs,
+        "--pack_streams": options.pack_streams,
     }
 
 
@@ -268,6 +269,8 @@ def differences(a: LotteryRunner, b: LotteryRunner) -> str | None:
 
 def check_compatible(members: list[LotteryRunner]) -> None:
     """Refuse, in one line, a pack whose runs cannot take one step together."""
+    if members[0].job.options.pack_streams > 1 and members[0].desc.training.compile:
+        raise UserError("--pack_streams does not combine with --compile; leave one out")
     seen: dict[Path, int] = {}
     for n, m in enumerate(members, 1):
         if m.output_location in seen:

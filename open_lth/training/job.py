@@ -64,6 +64,13 @@ def add_job_args(parser: argparse.ArgumentParser) -> None:
         help="auto (replay each training step from a CUDA graph on CUDA), on, off",
     )
     group.add_argument(
+        "--pack_streams",
+        type=int,
+        default=1,
+        help="a pack's runs as N networks side by side, each stepping on its own CUDA "
+        "stream (default 1: one stacked network)",
+    )
+    group.add_argument(
         "--deterministic",
         action="store_true",
         help="deterministic GPU kernels: a resumed GPU run then ends bit-identical",
@@ -81,5 +88,9 @@ def create_job(args: argparse.Namespace) -> Job:
     check_mode(args.cuda_graphs, platform.device)
     if args.deterministic:
         use_deterministic_algorithms()
-    options = TrainOptions(args.eval_every, args.checkpoint_every, args.quiet, args.cuda_graphs)
+    if args.pack_streams < 1:
+        raise UserError(f"--pack_streams must be a positive integer, got {args.pack_streams}")
+    options = TrainOptions(
+        args.eval_every, args.checkpoint_every, args.quiet, args.cuda_graphs, args.pack_streams
+    )
     return Job(replicate, platform, options)

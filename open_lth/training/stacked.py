@@ -77,8 +77,13 @@ def _check(model: nn.Module) -> None:
             raise ValueError(f"cannot stack copies of {name} ({type(module).__name__})")
 
 
-def stack(models: list[nn.Module]) -> nn.Module:
-    """One network holding `models` (same architecture) as copies 0..K-1."""
+def stack(models: list[nn.Module], lanes: int = 1) -> nn.Module:
+    """One network holding `models` (same architecture) as copies 0..K-1; with `lanes`
+    > 1, as that many networks side by side (Lanes), each holding K/lanes copies."""
+    if lanes > 1:
+        per = len(models) // lanes
+        groups = [models[i * per : (i + 1) * per] for i in range(lanes)]
+        return Lanes([g[0] if per == 1 else stack(g) for g in groups])
     _check(models[0])
     k = len(models)
     stacked = copy.deepcopy(models[0])
@@ -92,6 +97,40 @@ def stack(models: list[nn.Module]) -> nn.Module:
     return stacked
 
 
+class Lanes(nn.Module):
+    """K copies as L networks side by side (lanes), each a stack of K/L copies (or one
+    network when K/L = 1): lane l holds copies l·K/L .. (l+1)·K/L - 1, reading its
+    channels of the (N, K·C, ...) batch and writing its columns of the output. The
+    training step runs each lane's forward and backward on its own CUDA stream, so that a
+    CUDA graph holds L independent branches that the GPU may run side by side
+    (open_lth.training.train_step); this forward, used to evaluate, runs them in turn."""
+
+    def __init__(self, lanes: list[nn.Module]) -> None:
+        super().__init__()
+        self.lanes = nn.ModuleList(lanes)
+        self.per_lane = getattr(lanes[0], "copies", 1)
+        self.copies = self.per_lane * len(lanes)
+        self.is_convolutional = getattr(lanes[0], "is_convolutional", False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        chunks = x.chunk(len(self.lanes), dim=1)
+        return torch.cat([lane(c) for lane, c in zip(self.lanes, chunks, strict=True)], 1)
+
+    def groups(self, values: list) -> list[list]:
+        """Per-copy values cut into the lanes' groups."""
+        p = self.per_lane
+        return [values[i * p : (i + 1) * p] for i in range(len(self.lanes))]
+
+
+def _lane_states(state: dict, lanes: Lanes) -> list[dict]:
+    """A Lanes state dict cut into its lanes' own (names without the lane prefix)."""
+    out: list[dict] = [{} for _ in lanes.lanes]
+    for name, value in state.items():
+        _, lane, rest = name.split(".", 2)  # lanes.<l>.<name>
+        out[int(lane)][rest] = value
+    return out
+
+
 def _is_batched_matmul(stacked: nn.Module, name: str) -> bool:
     owner = name.rpartition(".")[0]
     return isinstance(stacked.get_submodule(owner) if owner else stacked, StackedLinear)
@@ -99,6 +138,12 @@ def _is_batched_matmul(stacked: nn.Module, name: str) -> bool:
 
 def stack_state(states: list[dict[str, torch.Tensor]], stacked: nn.Module) -> dict:
     """Per-copy tensors (state dicts, masks) laid out as `stacked` holds them."""
+    if isinstance(stacked, Lanes):
+        out = {}
+        for i, (lane, group) in enumerate(zip(stacked.lanes, stacked.groups(states), strict=True)):
+            one = group[0] if len(group) == 1 else stack_state(group, lane)
+            out.update({f"lanes.{i}.{name}": value for name, value in one.items()})
+        return out
     out = {}
     for name in states[0]:
         values = [s[name] for s in states]
@@ -113,6 +158,14 @@ def stack_state(states: list[dict[str, torch.Tensor]], stacked: nn.Module) -> di
 
 def unstack_state(state: dict[str, torch.Tensor], stacked: nn.Module) -> list[dict]:
     """The inverse of `stack_state`: one dict per copy."""
+    if isinstance(stacked, Lanes):
+        copies = []
+        for lane, one in zip(stacked.lanes, _lane_states(state, stacked), strict=True):
+            if stacked.per_lane == 1:
+                copies.append({name: value.clone() for name, value in one.items()})
+            else:
+                copies += unstack_state(one, lane)
+        return copies
     k = stacked.copies
     copies: list[dict] = [{} for _ in range(k)]
     for name, value in state.items():
@@ -148,6 +201,16 @@ def stack_optimizer_state(states: list[dict], stacked: nn.Module) -> dict:
     """K optimizers' state dicts (SGD momentum, Adam moments and step), each of a copy
     alone, as the optimizer of `stacked` holds them: parameter i of a copy is
     parameter i of the stacked network, laid out as `stack_state` lays out weights."""
+    if isinstance(stacked, Lanes):
+        merged: dict = {}
+        offset = 0
+        for lane, group in zip(stacked.lanes, stacked.groups(states), strict=True):
+            one = group[0] if len(group) == 1 else stack_optimizer_state(group, lane)
+            merged.update({offset + i: entry for i, entry in one["state"].items()})
+            offset += len(list(lane.parameters()))
+        groups = copy.deepcopy(states[0]["param_groups"])
+        groups[0]["params"] = list(range(offset))  # one group over every lane's parameters
+        return {"state": merged, "param_groups": groups}
     names = [n for n, _ in stacked.named_parameters()]
     merged = {}
     for index, entry in states[0]["state"].items():
@@ -163,6 +226,21 @@ def stack_optimizer_state(states: list[dict], stacked: nn.Module) -> dict:
 def unstack_optimizer_state(state: dict, stacked: nn.Module) -> list[dict]:
     """The inverse of `stack_optimizer_state`: one optimizer state dict per copy, each
     as the copy's optimizer alone would save it."""
+    if isinstance(stacked, Lanes):
+        copies = []
+        offset = 0
+        for lane in stacked.lanes:
+            count = len(list(lane.parameters()))
+            groups = copy.deepcopy(state["param_groups"])
+            groups[0]["params"] = list(range(count))
+            entries = state["state"].items()
+            one = {
+                "state": {i - offset: e for i, e in entries if offset <= i < offset + count},
+                "param_groups": groups,
+            }
+            offset += count
+            copies += [one] if stacked.per_lane == 1 else unstack_optimizer_state(one, lane)
+        return copies
     k = stacked.copies
     names = [n for n, _ in stacked.named_parameters()]
     copies: list[dict] = [

@@ -19,13 +19,13 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from open_lth.foundations.errors import UserError
 from open_lth.training.evaluation import autocast, layout, per_copy_loss
-from open_lth.training.stacked import split_output
+from open_lth.training.stacked import Lanes, split_output
 
 GRAPH_MODES = ("auto", "on", "off")
 # Eager steps before capture: they create the optimizer state (SGD's momentum buffers are
@@ -48,27 +48,72 @@ class StepParts:
     correct: torch.Tensor
     # Draws the batch inside the step when the caller passes none (x, y = None).
     source: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
+    # A Lanes network's CUDA streams, one a lane (made at its first step).
+    streams: list = field(default_factory=list)
 
 
 Batch = torch.Tensor | None
 
 
-def _body(parts: StepParts, x: Batch, y: Batch, cache: bool = True) -> None:
-    if x is None:
-        x, y = parts.source()
+def _forward_backward(
+    parts: StepParts,
+    net: torch.nn.Module,
+    copies: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cache: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs (N, K, classes) and mean losses (K) of `net`'s K copies; their gradients."""
+    forward = parts.forward if net is parts.net else net
     with autocast(x.device, parts.bf16, cache):
-        output = split_output(parts.forward(layout(parts.net, x)), parts.copies).float()
+        output = split_output(forward(layout(net, x)), copies).float()
         losses = per_copy_loss(output, y).mean(0)
     # Summed over copies: each copy's gradient is that of its own mean loss.
     losses.sum().backward()
+    return output.detach(), losses.detach()
+
+
+def _lanes_forward_backward(
+    parts: StepParts, x: torch.Tensor, y: torch.Tensor, cache: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_forward_backward` lane by lane (open_lth.training.stacked.Lanes), each lane on its
+    own CUDA stream forked from the current one and joined back before the optimizer
+    step: in a CUDA graph, L independent branches. A lane's backward runs on its
+    forward's stream, so no tensor crosses streams but the batch (read after the fork)
+    and the lanes' outputs and gradients (read after the join). On a CPU, in turn."""
+    net, n = parts.net, len(parts.net.lanes)
+    if x.is_cuda and not parts.streams:
+        parts.streams = [torch.cuda.Stream(x.device) for _ in range(n)]
+    main = torch.cuda.current_stream(x.device) if x.is_cuda else None
+    results = []
+    for i, (lane, xl, yl) in enumerate(zip(net.lanes, x.chunk(n, 1), y.chunk(n, 1), strict=True)):
+        if main is None:
+            results.append(_forward_backward(parts, lane, net.per_lane, xl, yl, cache))
+            continue
+        parts.streams[i].wait_stream(main)
+        with torch.cuda.stream(parts.streams[i]):
+            results.append(_forward_backward(parts, lane, net.per_lane, xl, yl, cache))
+    for stream in parts.streams if main is not None else []:
+        main.wait_stream(stream)
+    outputs, losses = zip(*results, strict=True)
+    return torch.cat(outputs, 1), torch.cat(losses)
+
+
+def _body(parts: StepParts, x: Batch, y: Batch, cache: bool = True) -> None:
+    if x is None:
+        x, y = parts.source()
+    if isinstance(parts.net, Lanes):
+        output, losses = _lanes_forward_backward(parts, x, y, cache)
+    else:
+        output, losses = _forward_backward(parts, parts.net, parts.copies, x, y, cache)
     if parts.masked:
         # Pruned weights get no gradient, so no momentum or Adam state builds up and
         # they stay exactly zero through the optimizer step.
         grads = [p.grad for p, _ in parts.masked]
         torch._foreach_mul_(grads, [m for _, m in parts.masked])
     parts.optimizer.step()
-    parts.loss_sum += losses.detach().double()
-    parts.correct += (output.detach().argmax(-1) == y).sum(0)
+    parts.loss_sum += losses.double()
+    parts.correct += (output.argmax(-1) == y).sum(0)
 
 
 class EagerStep:

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from open_lth.foundations import distributed, paths
-from open_lth.foundations.errors import TrainingDiverged
+from open_lth.foundations.errors import TrainingDiverged, UserError
 from open_lth.foundations.hparams import TrainingHparams
 from open_lth.foundations.masks import Mask
 from open_lth.foundations.model import Model
@@ -31,7 +31,7 @@ from open_lth.training.data import BatchesInStep, DeviceData, derive_seed
 from open_lth.training.evaluation import evaluate_copies, uses_channels_last
 from open_lth.training.metrics import MetricLogger
 from open_lth.training.schedule import build_optimizer, lr_schedule
-from open_lth.training.stacked import stack, stack_state, unstack_state
+from open_lth.training.stacked import Lanes, stack, stack_state, unstack_state
 from open_lth.training.train_step import StepParts, make_step, replays, set_capturable
 
 
@@ -43,6 +43,7 @@ class TrainOptions:
     checkpoint_every: str | None = None  # default: once per epoch
     quiet: bool = False
     cuda_graphs: str = "auto"  # auto: replay the step from a CUDA graph on CUDA
+    pack_streams: int = 1  # a pack as this many networks, each on its own CUDA stream
 
 
 @dataclass
@@ -157,7 +158,9 @@ def train_copies(
     if not checkpoints.exist() and all(paths.weights(c.out, end).exists() for c in copies):
         return {}  # finished; killed before the caller wrote its summary
 
-    net = models[0] if k == 1 else stack(models).to(device)
+    net = models[0] if k == 1 else stack(models, lanes(k, checkpoint_path, options)).to(device)
+    if isinstance(net, Lanes) and hparams.compile:
+        raise UserError("--pack_streams does not combine with --compile; leave one out")
     masks = [c.mask if c.mask is not None else mask for c in copies]
     if any(m is None for m in masks) and any(masks):
         raise ValueError("either every copy has a mask or none has")
@@ -321,6 +324,15 @@ def train_copies(
         checkpoints.remove(live())
     distributed.barrier()  # what the next stage reads is written
     return dict(state.diverged)
+
+
+def lanes(copies: int, checkpoint_path: Path | None, options: TrainOptions) -> int:
+    """How many networks (Lanes) a pack of `copies` runs trains as: --pack_streams, or
+    the largest divisor of `copies` below it. The copies of one job (an instability
+    pair, with its one stacked checkpoint) stay one network."""
+    if checkpoint_path is not None:
+        return 1
+    return max(d for d in range(1, min(options.pack_streams, copies) + 1) if copies % d == 0)
 
 
 class _State:
