@@ -51,24 +51,35 @@ def parts_for(spec: dict, k: int, device: torch.device, lanes: int = 1) -> StepP
     return StepParts(net, net, optimizer, [], k, False, sums, correct)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def probe_setup(
+    doc: str, model: str, k: int, steps: int
+) -> tuple[argparse.Namespace, torch.device, dict]:
+    """The probes' flags (--dataset_root, --model, --k, --steps, --device), the device
+    (one line and exit 1 without CUDA, unless --device=cpu: a smoke test), and the
+    model's data and defaults on it."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--dataset_root", required=True, help="MNIST root; CIFAR-10 under it")
-    parser.add_argument("--model", default="mnist_lenet_300_100")
-    parser.add_argument("--k", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--model", default=model)
+    parser.add_argument("--k", type=int, default=k)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--device", default="cuda", help="cpu: a smoke test of this script")
     args = parser.parse_args()
     from main import load_plugins
 
     load_plugins()
     device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    if cuda and not torch.cuda.is_available():
-        sys.exit("error: pack_probe.py measures CUDA graphs; --device=cpu is a smoke test")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(
+            f"error: {Path(sys.argv[0]).name} measures CUDA graphs; --device=cpu is a smoke test"
+        )
     root = Path(args.dataset_root)
     root = root / "cifar10-subset" if "cifar" in args.model else root
-    spec = gpu_speed.load_spec(args.model, root, device)
+    return args, device, gpu_speed.load_spec(args.model, root, device)
+
+
+def main() -> None:
+    args, device, spec = probe_setup(__doc__, "mnist_lenet_300_100", 16, 1000)
+    cuda = device.type == "cuda"
     k, batch = args.k, spec["batch"]
     train = spec["train"]
     name = torch.cuda.get_device_name(device) if cuda else "CPU (smoke test)"

@@ -17,7 +17,6 @@ stacked pack, and G = 2, 4, ..., K lanes.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -27,29 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_speed  # noqa: E402
-from pack_probe import parts_for  # noqa: E402
+from pack_probe import parts_for, probe_setup  # noqa: E402
 
 from open_lth.training.train_step import StaticStep  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset_root", required=True, help="MNIST root; CIFAR-10 under it")
-    parser.add_argument("--model", default="cifar_resnet_20")
-    parser.add_argument("--k", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--device", default="cuda")
-    args = parser.parse_args()
-    from main import load_plugins
-
-    load_plugins()
-    device = torch.device(args.device)
+    args, device, spec = probe_setup(__doc__, "cifar_resnet_20", 8, 300)
     cuda = device.type == "cuda"
-    if cuda and not torch.cuda.is_available():
-        sys.exit("error: streams_probe.py measures CUDA graphs; --device=cpu is a smoke test")
-    root = Path(args.dataset_root)
-    root = root / "cifar10-subset" if "cifar" in args.model else root
-    spec = gpu_speed.load_spec(args.model, root, device)
     k, batch = args.k, spec["batch"]
     steps = args.steps if cuda else 2
     name = torch.cuda.get_device_name(device) if cuda else "CPU (smoke test)"
