@@ -246,7 +246,10 @@ def train_copies(
     )  # fmt: skip
     # DDP's gradient all-reduce does not go into a CUDA graph: its steps run eagerly.
     graphs = "off" if distributed.active() else options.cuda_graphs
-    take_step = make_step(parts, graphs, device, type(base_net).__name__)
+    name = type(base_net).__name__
+    if isinstance(base_net, Lanes):
+        name = f"{type(base_net.lanes[0]).__name__} in {len(base_net.lanes)} lanes"
+    take_step = make_step(parts, graphs, device, name)
     # A graphed step draws a batch without augmentation itself (see BatchesInStep).
     source = None
     if replays(take_step) and not train_data.augmentation:
