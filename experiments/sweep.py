@@ -71,6 +71,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help="train up to N compatible lottery runs together as one pack (`main.py pack`); "
         "default 8 on CUDA, 1 on a CPU",
     )
+    group.add_argument(
+        "--pack_streams",
+        type=int,
+        help="each pack as N networks on N CUDA streams (main.py's --pack_streams)",
+    )
     slurm.add_args(parser)
 
 
@@ -78,9 +83,9 @@ def job_flags(args: argparse.Namespace) -> list[str]:
     """The flags of `args` that every run gets: where results and data live (folders
     made absolute, since the runs start in the repository)."""
     flags = []
-    for name in ("root", "dataset_root", "platform"):
+    for name in ("root", "dataset_root", "platform", "pack_streams"):
         value = getattr(args, name, None)
-        if value and name != "platform":
+        if value and name in ("root", "dataset_root"):
             value = Path(value).expanduser().resolve()
         if value:
             flags.append(f"--{name}={value}")

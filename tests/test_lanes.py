@@ -4,12 +4,14 @@ what these tests check: the numbers, the per-run checkpoints and a resume."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import CIFAR, DATA, lenet_lottery
+from conftest import CIFAR, DATA, REPO, lenet_lottery
 from main import load_plugins
 from open_lth.foundations import paths
 from open_lth.foundations.hparams import DatasetHparams, ModelHparams, TrainingHparams
@@ -197,3 +199,17 @@ def test_lanes_replayed_on_streams_follow_one_eager_stack(
     assert isinstance(BUILT[-1], Lanes)
     stacked = fit(tmp_path / "stacked", streams=1, graphs="off", **kwargs)
     assert same(lanes, stacked, atol=2e-3)
+
+
+def test_a_study_passes_pack_streams_to_its_packs(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable, str(REPO / "experiments" / "lenet_fisher_vs_magnitude.py"),
+            "--quick", f"--root={tmp_path}", f"--dataset_root={DATA}",
+            "--pack=6", "--pack_streams=2", "--print_commands",
+        ],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    packs = [line for line in done.stdout.splitlines() if " pack " in line]
+    assert packs and all("--pack_streams=2" in line for line in packs), done.stdout
