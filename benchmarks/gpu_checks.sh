@@ -4,7 +4,7 @@
 # gpu.txt (device, versions), pytest.log (the whole suite with CUDA present),
 # gpu_speed.log, fisher.log, pack_speed.log, pack_probe.log, compile.log, streams.log
 # and sweep_level.log (benchmarks); `tests` runs only the test files in $GPU_TESTS
-# (tests.log).
+# (tests.log; default: the GPU step's, the packs' and the lanes' tests).
 #
 #   OPEN_LTH_TEST_DATA=<folder laid out like ../shared/data> bash benchmarks/gpu_checks.sh \
 #       [suite] [tests] [speed] [fisher] [packs] [probe] [sweep] [compile] [streams]
@@ -44,7 +44,9 @@ for step in $steps; do
         tail -40 "$OUT/pytest.log"
         ;;
     tests)
-        OMP_NUM_THREADS=4 timeout 240 $PY -m pytest -q -p no:cacheprovider -rfEs $GPU_TESTS \
+        # Default: the files of the GPU step, packs and lanes.
+        tests=${GPU_TESTS:-tests/test_train_step.py tests/test_pack.py tests/test_lanes.py}
+        OMP_NUM_THREADS=4 timeout 240 $PY -m pytest -q -p no:cacheprovider -rfEs $tests \
             >"$OUT/tests.log" 2>&1
         tail -30 "$OUT/tests.log"
         ;;
