@@ -16,6 +16,7 @@ test that guards the graph path's logic (it must equal `EagerStep`).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
 from collections.abc import Callable
@@ -82,19 +83,20 @@ def _lanes_forward_backward(
     forward's stream, so no tensor crosses streams but the batch (read after the fork)
     and the lanes' outputs and gradients (read after the join). On a CPU, in turn."""
     net, n = parts.net, len(parts.net.lanes)
-    if x.is_cuda and not parts.streams:
-        parts.streams = [torch.cuda.Stream(x.device) for _ in range(n)]
     main = torch.cuda.current_stream(x.device) if x.is_cuda else None
+    if main is not None and not parts.streams:
+        parts.streams = [torch.cuda.Stream(x.device) for _ in range(n)]
     results = []
     for i, (lane, xl, yl) in enumerate(zip(net.lanes, x.chunk(n, 1), y.chunk(n, 1), strict=True)):
-        if main is None:
+        on_lane = contextlib.nullcontext()
+        if main is not None:
+            parts.streams[i].wait_stream(main)  # fork
+            on_lane = torch.cuda.stream(parts.streams[i])
+        with on_lane:
             results.append(_forward_backward(parts, lane, net.per_lane, xl, yl, cache))
-            continue
-        parts.streams[i].wait_stream(main)
-        with torch.cuda.stream(parts.streams[i]):
-            results.append(_forward_backward(parts, lane, net.per_lane, xl, yl, cache))
-    for stream in parts.streams if main is not None else []:
-        main.wait_stream(stream)
+    if main is not None:
+        for stream in parts.streams:
+            main.wait_stream(stream)  # join
     outputs, losses = zip(*results, strict=True)
     return torch.cat(outputs, 1), torch.cat(losses)
 
