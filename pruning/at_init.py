@@ -250,12 +250,27 @@ def examples(ctx: PruneContext, hparams: ExamplesHparams, name: str) -> tuple[to
     return ctx.train_data.batch(index)
 
 
+@dataclass
+class Scoring:
+    """What SNIP and GraSP differentiate: a network (no parameter requiring a gradient),
+    the value of each of its parameters by name, the names of the scored weights, the
+    examples (x, y), and the examples a pass takes at most (`chunk`)."""
+
+    net: torch.nn.Module
+    weights: dict[str, torch.Tensor]
+    names: list[str]
+    x: torch.Tensor
+    y: torch.Tensor
+    chunk: int
+
+
 def scoring_inputs(
     ctx: PruneContext, hparams: ExamplesHparams, name: str, ignore: list[str]
-) -> tuple[torch.nn.Module, list[str], torch.Tensor, torch.Tensor]:
-    """What SNIP and GraSP differentiate: a copy of the starting network (BatchNorm in
-    train mode, as their released codes leave it; no parameter requires a gradient), the
-    scored weights' names, and the examples (x, y)."""
+) -> Scoring:
+    """A copy of the starting network (BatchNorm in train mode, as the released codes
+    leave it), the masked starting weights, the scored weights' names, the examples, and
+    the level's batch size as the chunk."""
     x, y = examples(ctx, hparams, name)
     net = copy.deepcopy(ctx.start_model).train().requires_grad_(False)
-    return net, [n for n in ctx.mask if n not in ignore], x, y
+    names = [n for n in ctx.mask if n not in ignore]
+    return Scoring(net, masked_start(ctx), names, x, y, ctx.batch_size)

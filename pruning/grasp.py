@@ -21,7 +21,7 @@ from open_lth.foundations import registries
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import hp
 from open_lth.lottery.strategy import PruneContext
-from pruning.at_init import AtInitStrategy, ExamplesHparams, masked_start, scoring_inputs
+from pruning.at_init import AtInitStrategy, ExamplesHparams, Scoring, scoring_inputs
 from pruning.snip import chunk_losses, mean_loss_gradient
 
 
@@ -38,19 +38,11 @@ class GraspHparams(ExamplesHparams):
             raise UserError(f"--grasp_temperature must be positive, got {self.grasp_temperature}")
 
 
-def hessian_gradient_product(
-    net: torch.nn.Module,
-    weights: dict[str, torch.Tensor],
-    names: list[str],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    chunk: int,
-    temperature: float,
-) -> list[torch.Tensor]:
-    """H g for L = mean cross-entropy(net(x)/T, y) over the weights `names`."""
-    g = mean_loss_gradient(net, weights, names, x, y, chunk, temperature)
+def hessian_gradient_product(s: Scoring, temperature: float) -> list[torch.Tensor]:
+    """H g for L = mean cross-entropy(net(x)/T, y) over the weights `s.names`."""
+    g = mean_loss_gradient(s, temperature)
     hg = [torch.zeros_like(t) for t in g]
-    for loss, leaves in chunk_losses(net, weights, names, x, y, chunk, temperature):
+    for loss, leaves in chunk_losses(s, temperature):
         grads = torch.autograd.grad(loss, leaves, create_graph=True)
         z = sum((a * b).sum() for a, b in zip(grads, g, strict=True))
         for t, part in zip(hg, torch.autograd.grad(z, leaves), strict=True):
@@ -58,18 +50,10 @@ def hessian_gradient_product(
     return hg
 
 
-def grasp_scores(
-    net: torch.nn.Module,
-    weights: dict[str, torch.Tensor],
-    names: list[str],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    chunk: int,
-    temperature: float,
-) -> dict[str, torch.Tensor]:
+def grasp_scores(s: Scoring, temperature: float) -> dict[str, torch.Tensor]:
     """GraSP's score −w ⊙ (H g) (the highest are removed)."""
-    hg = hessian_gradient_product(net, weights, names, x, y, chunk, temperature)
-    return {n: -weights[n] * h for n, h in zip(names, hg, strict=True)}
+    hg = hessian_gradient_product(s, temperature)
+    return {n: -s.weights[n] * h for n, h in zip(s.names, hg, strict=True)}
 
 
 @registries.strategies.register("grasp")
@@ -78,8 +62,7 @@ class Grasp(AtInitStrategy):
     description = "GraSP: remove the highest -w·Hg (Hessian-gradient product), one shot"
 
     def scores(self, ctx: PruneContext, ignore: list[str]) -> dict[str, torch.Tensor]:
-        net, names, x, y = scoring_inputs(ctx, self.settings, "grasp", ignore)
-        t = self.settings.grasp_temperature
-        scores = grasp_scores(net, masked_start(ctx), names, x, y, ctx.batch_size, t)
+        inputs = scoring_inputs(ctx, self.settings, "grasp", ignore)
+        scores = grasp_scores(inputs, self.settings.grasp_temperature)
         # The highest GraSP scores are removed: keep the highest of their negation.
         return {n: -s for n, s in scores.items()}

@@ -16,7 +16,7 @@ from torch.func import functional_call
 
 from open_lth.foundations import registries
 from open_lth.lottery.strategy import PruneContext
-from pruning.at_init import AtInitStrategy, ExamplesHparams, masked_start, scoring_inputs
+from pruning.at_init import AtInitStrategy, ExamplesHparams, Scoring, scoring_inputs
 
 
 @dataclass
@@ -26,52 +26,31 @@ class SnipHparams(ExamplesHparams):
 
 
 def chunk_losses(
-    net: torch.nn.Module,
-    weights: dict[str, torch.Tensor],
-    names: list[str],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    chunk: int,
-    temperature: float = 1.0,
+    s: Scoring, temperature: float = 1.0
 ) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
-    """The mean cross-entropy of net(x)/T in chunks of at most `chunk` examples, each
-    weighted by its share (so the chunks' sum is the mean's), with the leaves `names`
+    """The mean cross-entropy of net(x)/T in chunks of at most `s.chunk` examples, each
+    weighted by its share (so the chunks' sum is the mean's), with the leaves `s.names`
     it is to be differentiated by: (loss, leaves) per chunk."""
-    for start in range(0, len(y), chunk):
-        params = {**weights, **{n: weights[n].detach().requires_grad_() for n in names}}
-        xc, yc = x[start : start + chunk], y[start : start + chunk]
-        out = functional_call(net, params, (xc,)) / temperature
-        yield F.cross_entropy(out, yc) * (len(yc) / len(y)), [params[n] for n in names]
+    for start in range(0, len(s.y), s.chunk):
+        params = {**s.weights, **{n: s.weights[n].detach().requires_grad_() for n in s.names}}
+        xc, yc = s.x[start : start + s.chunk], s.y[start : start + s.chunk]
+        out = functional_call(s.net, params, (xc,)) / temperature
+        yield F.cross_entropy(out, yc) * (len(yc) / len(s.y)), [params[n] for n in s.names]
 
 
-def mean_loss_gradient(
-    net: torch.nn.Module,
-    weights: dict[str, torch.Tensor],
-    names: list[str],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    chunk: int,
-    temperature: float = 1.0,
-) -> list[torch.Tensor]:
+def mean_loss_gradient(s: Scoring, temperature: float = 1.0) -> list[torch.Tensor]:
     """∂/∂w of the mean cross-entropy of net(x)/T over all examples."""
-    total = [torch.zeros_like(weights[n]) for n in names]
-    for loss, leaves in chunk_losses(net, weights, names, x, y, chunk, temperature):
+    total = [torch.zeros_like(s.weights[n]) for n in s.names]
+    for loss, leaves in chunk_losses(s, temperature):
         for t, g in zip(total, torch.autograd.grad(loss, leaves), strict=True):
             t.add_(g)
     return total
 
 
-def snip_scores(
-    net: torch.nn.Module,
-    weights: dict[str, torch.Tensor],
-    names: list[str],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    chunk: int,
-) -> dict[str, torch.Tensor]:
-    """|∂L/∂w ⊙ w| for the weights `names` (every parameter of `net` in `weights`)."""
-    grads = mean_loss_gradient(net, weights, names, x, y, chunk)
-    return {n: (g * weights[n]).abs() for n, g in zip(names, grads, strict=True)}
+def snip_scores(s: Scoring) -> dict[str, torch.Tensor]:
+    """|∂L/∂w ⊙ w| for the weights `s.names`."""
+    grads = mean_loss_gradient(s)
+    return {n: (g * s.weights[n]).abs() for n, g in zip(s.names, grads, strict=True)}
 
 
 @registries.strategies.register("snip")
@@ -80,5 +59,4 @@ class Snip(AtInitStrategy):
     description = "SNIP: |dL/dw · w| at the starting weights on --pai_examples, one shot"
 
     def scores(self, ctx: PruneContext, ignore: list[str]) -> dict[str, torch.Tensor]:
-        net, names, x, y = scoring_inputs(ctx, self.settings, "snip", ignore)
-        return snip_scores(net, masked_start(ctx), names, x, y, ctx.batch_size)
+        return snip_scores(scoring_inputs(ctx, self.settings, "snip", ignore))

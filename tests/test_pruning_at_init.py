@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -28,7 +29,7 @@ from open_lth.foundations.model import build_model
 from open_lth.lottery.levels import check_level_mask, level_dir
 from open_lth.lottery.strategy import PruneContext
 from open_lth.training.data import DeviceData
-from pruning.at_init import MagnitudeAtInitHparams, balanced_examples, target_kept
+from pruning.at_init import MagnitudeAtInitHparams, Scoring, balanced_examples, target_kept
 from pruning.grasp import GraspHparams, grasp_scores, hessian_gradient_product
 from pruning.snip import SnipHparams, mean_loss_gradient, snip_scores
 from pruning.synflow import SynflowHparams, linearized, synflow_scores
@@ -59,7 +60,7 @@ def test_snip_is_the_hand_computed_connection_sensitivity() -> None:
     p = torch.softmax(x @ w.T, 1)
     grad = (p - F.one_hot(y, 3)).T @ x / len(y)  # ∂ mean CE / ∂W for logits W x
     for chunk in (6, 4):  # one batch, and chunks weighted by their share
-        scores = snip_scores(net, weights_of(net), ["weight"], x, y, chunk)
+        scores = snip_scores(Scoring(net, weights_of(net), ["weight"], x, y, chunk))
         torch.testing.assert_close(scores["weight"], (grad * w).abs())
 
 
@@ -73,7 +74,7 @@ def test_grasp_is_the_hand_computed_minus_w_hg() -> None:
     for pn, xn in zip(p, x, strict=True):
         hg += torch.outer((torch.diag(pn) - torch.outer(pn, pn)) @ (g @ xn), xn)
     hg /= n * t * t
-    scores = grasp_scores(net, weights_of(net), ["weight"], x, y, 4, t)
+    scores = grasp_scores(Scoring(net, weights_of(net), ["weight"], x, y, 4), t)
     torch.testing.assert_close(scores["weight"], -w * hg)
 
 
@@ -83,14 +84,15 @@ def test_grasp_hessian_gradient_product_matches_finite_differences() -> None:
     net.requires_grad_(False)
     x, y = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
     names, t = ["0.weight", "2.weight"], 2.0
-    base = weights_of(net)
-    g = mean_loss_gradient(net, base, names, x, y, 8, t)
-    hg = hessian_gradient_product(net, base, names, x, y, 3, t)
+    base = Scoring(net, weights_of(net), names, x, y, 8)
+    g = mean_loss_gradient(base, t)
+    hg = hessian_gradient_product(dataclasses.replace(base, chunk=3), t)
     eps = 1e-5
 
     def grad_at(sign: float) -> list[torch.Tensor]:
-        moved = {**base, **{n: base[n] + sign * eps * d for n, d in zip(names, g, strict=True)}}
-        return mean_loss_gradient(net, moved, names, x, y, 8, t)
+        w = base.weights
+        moved = {**w, **{n: w[n] + sign * eps * d for n, d in zip(names, g, strict=True)}}
+        return mean_loss_gradient(dataclasses.replace(base, weights=moved), t)
 
     plus, minus = grad_at(1.0), grad_at(-1.0)
     for h, a, b in zip(hg, plus, minus, strict=True):
