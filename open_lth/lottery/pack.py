@@ -107,11 +107,12 @@ class PackRunner(Runner):
         levels = [Levels(m.desc, m.job.replicate, m.output_location, data, quiet) for m in members]
         for lv in levels:
             lv.check(lv.new_model())
+        in_turn = trains_in_turn(first.desc.model.model_name, data.train.device)
         if not quiet:
             print(first.desc.display())
             how = (
                 "one after the other (a convolutional model on a CPU)"
-                if trains_in_turn(first.desc.model.model_name, data.train.device)
+                if in_turn
                 else "as one stacked network"
             )
             print(f"A pack of {len(members)} runs, trained {how}:")
@@ -127,7 +128,7 @@ class PackRunner(Runner):
                     for i, lv in enumerate(levels)
                     if i not in failed and not stage.is_done(level_dir(lv.replicate_dir, level))
                 ]
-                failed.update(self.run_level(levels, level, todo))
+                failed.update(self.run_level(levels, level, todo, in_turn))
         for i, m in enumerate(members):
             if i not in failed:
                 print(f"{m.output_location}\n{summary_table(m.output_location)}")
@@ -138,15 +139,17 @@ class PackRunner(Runner):
                 "the others finished"
             )
 
-    def run_level(self, levels: list[Levels], level: int, todo: list[int]) -> dict[int, str]:
-        """Prune, set up and train level `level` of the runs `todo` together; returns the
-        runs that diverged. Runs resuming from different iterations train in turn."""
+    def run_level(
+        self, levels: list[Levels], level: int, todo: list[int], in_turn: bool
+    ) -> dict[int, str]:
+        """Prune, set up and train level `level` of the runs `todo` together (each alone
+        when `in_turn`); returns the runs that diverged. Runs resuming from different
+        iterations train in turn."""
         first = self.members[0]
         training = first.desc.training
         data = levels[0].data
         groups: dict[tuple, list[tuple[int, Copy, object]]] = {}
         at = align_checkpoints([level_dir(levels[i].replicate_dir, level) for i in todo])
-        in_turn = trains_in_turn(first.desc.model.model_name, data.train.device)
         for i in todo:
             s = self.members[i].start_level(levels[i], level)
             if paths.weights(s.out, levels[i].end).exists() and at[s.out] is None:
