@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import CIFAR, DATA, REPO
+from open_lth.foundations.distributed import STOP_EVERY
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="this torch has no torch.distributed"
@@ -120,6 +121,7 @@ def test_a_signal_to_one_rank_stops_both_and_the_run_resumes(tmp_path: Path) -> 
     (checkpoint,) = root.rglob("checkpoint.pt")
     stopped_at = torch.load(checkpoint, weights_only=True)["iteration"]
     assert 0 < stopped_at < 200, stopped_at
+    assert stopped_at % STOP_EVERY == 0  # where the ranks compare their flags
 
     result = _torchrun(*flags, f"--root={root}")  # resumes
     assert result.returncode == 0, result.stderr[-3000:]

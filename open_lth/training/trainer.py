@@ -285,7 +285,7 @@ def train_copies(
                 save_weights(it)
             if it == end:
                 break
-            signum = distributed.agree_on_stop(stop.signum, device)  # all ranks stop together
+            signum = distributed.agree_on_stop(stop.signum, device, it)  # ranks stop together
             if signum is not None or (it % checkpoint_every == 0 and it != resumed_at):
                 state.wall += time.perf_counter() - tick
                 tick = time.perf_counter()
