@@ -6,6 +6,7 @@ ends 3.4e-3 away after 2 steps (measured), and two ranks 2.6e-3."""
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from conftest import CIFAR, DATA, REPO
+from open_lth.foundations import distributed
 from open_lth.foundations.distributed import STOP_EVERY
 
 pytestmark = pytest.mark.skipif(
@@ -131,3 +133,62 @@ def test_a_signal_to_one_rank_stops_both_and_the_run_resumes(tmp_path: Path) -> 
     assert _largest_difference(resumed, uninterrupted) == 0  # to the bit
     rows = [r.split(",")[:2] for r in root.rglob("metrics.csv").__next__().read_text().split()]
     assert len(rows) == len({tuple(r) for r in rows})  # each row once
+
+
+def _synced_batchnorm_rank(rank: int, store: str, dtype: torch.dtype, shift: float, out: object):
+    """One of two gloo ranks: the synced BatchNorm on this rank's half of a batch, against
+    a plain BatchNorm on the whole batch in float64. Rank 0 reports the largest
+    differences of the output, the input's gradient, the summed parameter gradients and
+    the running statistics."""
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=2
+    )
+    torch.manual_seed(0)
+    x = torch.randn(8, 4, 5, 5, dtype=torch.float64) * 0.1 + shift
+    weights = torch.randn(8, 4, 5, 5, dtype=torch.float64)  # a loss that is not symmetric
+    reference = torch.nn.BatchNorm2d(4).double()
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 1.5)
+        reference.bias.uniform_(-1, 1)
+    bn = copy.deepcopy(reference).to(dtype)
+    xr, xs = x.clone().requires_grad_(), x.to(dtype).requires_grad_()
+    half = slice(4 * rank, 4 * rank + 4)
+    with distributed.sync_batchnorm(bn):
+        y = bn(xs[half])
+        (y * weights[half].to(dtype)).sum().backward()
+    whole = reference(xr)
+    (whole * weights).sum().backward()
+    grads = torch.cat([bn.weight.grad, bn.bias.grad])
+    torch.distributed.all_reduce(grads)  # each rank holds its half's; DDP sums them
+    pairs = {
+        "output": (y, whole[half]),
+        "input gradient": (xs.grad[half], xr.grad[half]),
+        "parameter gradients": (grads, torch.cat([reference.weight.grad, reference.bias.grad])),
+        "running mean": (bn.running_mean, reference.running_mean),
+        "running var": (bn.running_var, reference.running_var),
+    }
+    differences = {k: (a.double() - b).abs().max().item() for k, (a, b) in pairs.items()}
+    if rank == 0:
+        out.put(differences)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    "dtype, shift, tolerance",
+    [
+        (torch.float64, 0.0, 1e-12),  # the formula: exact to rounding
+        # A mean 1,000 times the spread: E[x²] - mean² in float32 would be off by about
+        # 1e-3 / 0.01 of the variance; squares about each rank's mean keep it exact.
+        (torch.float32, 100.0, 2e-3),
+    ],
+)
+def test_synced_batchnorm_equals_one_batchnorm_over_the_whole_batch(
+    tmp_path: Path, dtype: torch.dtype, shift: float, tolerance: float
+) -> None:
+    context = torch.multiprocessing.get_context("spawn")
+    out = context.SimpleQueue()
+    args = (str(tmp_path / "store"), dtype, shift, out)
+    torch.multiprocessing.spawn(_synced_batchnorm_rank, args=args, nprocs=2)
+    differences = out.get()
+    print(dtype, shift, differences)
+    assert max(differences.values()) < tolerance, differences

@@ -8,8 +8,9 @@ on its local rank's GPU), gloo on CPUs. What keeps the run that of one process:
   gradients of their mean losses, which is the gradient of the global batch's mean;
 - BatchNorm normalizes with the statistics of the global batch (`sync_batchnorm`);
 - every rank holds rank 0's mask (`broadcast_`); a stop signal seen by any rank stops
-  all at the same step (`agree_on_stop`, every 10 steps); only rank 0 writes files (store, metrics,
-  lock), and the ranks meet (`barrier`) after it wrote what the next stage reads.
+  all at the same step (`agree_on_stop`, every 10 steps); only rank 0 writes files
+  (store, metrics, lock), and the ranks meet (`barrier`) after it wrote what the next
+  stage reads.
 
 Outside torchrun every function here is a no-op, so one process runs as before.
 """
@@ -127,33 +128,52 @@ def barrier() -> None:
         dist.barrier()
 
 
+class _GatherRows(torch.autograd.Function):
+    """Every rank's 1-d `row`, stacked in rank order: (ranks, len). The backward sums the
+    ranks' gradients and keeps this rank's row: one collective each way."""
+
+    @staticmethod
+    def forward(ctx: object, row: torch.Tensor) -> torch.Tensor:
+        rows = row.new_empty(world_size(), row.numel())
+        dist.all_gather(list(rows.unbind(0)), row.contiguous())
+        return rows
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[rank()]
+
+
 class _SyncedBatchNorm(torch.nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are those of the global batch: per-channel
-    sums all-reduced (differentiably), so the ranks' gradients are those of one process.
-    torch's SyncBatchNorm does this on GPUs only; this runs on gloo's CPUs as well."""
+    """BatchNorm2d whose training statistics are those of the global batch, gathered
+    differentiably, so the ranks' gradients are those of one process. torch's
+    SyncBatchNorm does this on GPUs only; this runs on gloo's CPUs as well."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         c = x.shape[1]
         shape = (1, c, 1, 1)
-        count = x.new_full((1,), x.numel() // c)
-        # Two passes (mean, then squares about it): E[x²] - mean² loses digits where
-        # the mean is large against the spread, as on the first layer's image features.
-        sums = all_reduce(torch.cat([x.sum((0, 2, 3)), count]))
-        n = sums[-1]
-        mean = sums[:c] / n
-        centered = x - mean.view(shape)
-        var = all_reduce((centered * centered).sum((0, 2, 3))) / n
+        # One collective a layer (and its one in the backward), as torch's SyncBatchNorm:
+        # each rank's count, mean and squares about its own mean, combined exactly (Chan
+        # et al.'s pairwise update). Squares about a mean, not E[x²] - mean², which loses
+        # digits where the mean is large against the spread (the first layer's features).
+        local_mean = x.mean((0, 2, 3))
+        local_squares = (x - local_mean.view(shape)).square().sum((0, 2, 3))
+        local = torch.cat([local_mean, local_squares, x.new_full((1,), x.numel() // c)])
+        stats = _GatherRows.apply(local)  # (ranks, 2c + 1)
+        means, squares, counts = stats[:, :c], stats[:, c : 2 * c], stats[:, 2 * c :]
+        n = counts.sum()
+        mean = (counts * means).sum(0) / n
+        var = (squares.sum(0) + (counts * (means - mean).square()).sum(0)) / n
         with torch.no_grad():
             self.num_batches_tracked += 1
             self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
             unbiased = var * n / (n - 1)
             self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
         scale = torch.rsqrt(var + self.eps) * self.weight
-        return centered * scale.view(shape) + self.bias.view(shape)
+        return (x - mean.view(shape)) * scale.view(shape) + self.bias.view(shape)
 
 
 @contextlib.contextmanager
