@@ -295,6 +295,23 @@ def test_layer_collapse_stops_the_run_naming_the_layer(cli, tmp_path: Path) -> N
     assert "      0.01 " in out  # level 1 trained, 0.01% remaining
 
 
+def test_a_global_random_mask_that_empties_a_layer_is_refused(cli, tmp_path: Path) -> None:
+    # SynFlow keeps 133 weights in every layer; 133 drawn at random over all 266,200 leave
+    # the 1,000-weight output layer empty (expected 0.5 of them there).
+    flags = ["--pruning_strategy=synflow", "--target_density=0.0005"]
+    code, _, err = cli(*small(tmp_path, *flags))
+    assert code == 0, err
+    (run,) = tmp_path.glob("lottery_*")
+    level1 = level_dir(run / "replicate_1", 1)
+    assert all(m.any() for m in masks.load(level1 / "mask.pt").values())
+    branch = ["lottery_branch", "randomly_prune", *small(tmp_path, *flags)[1:], "--levels=1"]
+    code, _, err = cli(*branch, "--random_mask_scope=global")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "layer collapse: randomly_prune --random_mask_scope=global at level 1" in err
+    assert "fc.weight" in err and "--random_mask_scope=layerwise" in err
+    assert not list(level1.parent.glob("randomly_prune_*"))  # nothing written
+
+
 # --- bad input: one line, nothing written ---
 
 

@@ -173,12 +173,16 @@ def check_level_mask(
     kept = sum(int(m.sum()) for m in mask.values())
     if intended is not None and kept != intended:
         raise RuntimeError(f"{strategy} at level {level} kept {kept} weights, intended {intended}")
+    refuse_collapse(mask, pruning, f"--pruning_strategy={strategy} at level {level}", "prune less")
+
+
+def refuse_collapse(mask: Mask, pruning: PruningHparams, what: str, instead: str) -> None:
+    """A user's line if `mask` leaves a layer empty and the lottery does not allow it."""
     empty = [n for n, m in mask.items() if not m.any()]
     if empty and not pruning.allow_layer_collapse:
         raise UserError(
-            f"layer collapse: --pruning_strategy={strategy} at level {level} removes every weight "
-            f"of {', '.join(empty)}, so the output no longer depends on the input; prune less, "
-            "or add --allow_layer_collapse (a new run)"
+            f"layer collapse: {what} removes every weight of {', '.join(empty)}, so the output "
+            f"no longer depends on the input; {instead}, or add --allow_layer_collapse (a new run)"
         )
 
 

@@ -22,6 +22,7 @@ from open_lth.foundations.masks import Mask
 from open_lth.foundations.model import Model
 from open_lth.foundations.store import atomic_write_json
 from open_lth.lottery.branches.base import Branch, BranchContext
+from open_lth.lottery.levels import refuse_collapse
 from open_lth.training import stage
 from open_lth.training.data import derive_seed
 from open_lth.training.trainer import apply_mask
@@ -134,16 +135,26 @@ class RandomlyPrune(TrainingBranch):
     hparams_type = RandomPruneHparams
     description = "a random mask of the level's density on the level's starting weights"
 
-    def network(self, ctx: BranchContext) -> tuple[Model, Mask, int]:
+    def mask(self, ctx: BranchContext) -> Mask:
         levels = ctx.levels
         seed = derive_seed(
             "random_mask", self.hparams.random_mask_seed, levels.replicate, ctx.level
         )
-        mask = random_mask(
+        return random_mask(
             levels.mask(ctx.level), levels.ignored, self.hparams.random_mask_scope, seed
         )
-        model, start = levels.starting_model(ctx.level)  # unmasked: nothing zeroed beforehand
-        return model, mask, start
+
+    def check(self, ctx: BranchContext) -> None:
+        # A global draw at high sparsity can leave a small layer (LeNet's output layer)
+        # empty, though the level's own mask keeps some of it.
+        scope = self.hparams.random_mask_scope
+        what = f"randomly_prune --random_mask_scope={scope} at level {ctx.level}"
+        instead = "use --random_mask_scope=layerwise or another --random_mask_seed"
+        refuse_collapse(self.mask(ctx), ctx.levels.desc.pruning, what, instead)
+
+    def network(self, ctx: BranchContext) -> tuple[Model, Mask, int]:
+        model, start = ctx.levels.starting_model(ctx.level)  # unmasked: nothing zeroed before
+        return model, self.mask(ctx), start
 
 
 # `--retrain_<field>` for every training hparam; unset ones keep the lottery's value.
