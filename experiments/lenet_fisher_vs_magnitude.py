@@ -52,11 +52,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def settings(args: argparse.Namespace) -> dict:
-    values = dict(QUICK if args.quick else FULL)
-    for key in ("replicates", "levels", "pruning_fraction"):
-        if getattr(args, key, None) is not None:
-            values[key] = getattr(args, key)
-    return values
+    return sweep.settings(args, FULL, QUICK, ("replicates", "levels", "pruning_fraction"))
 
 
 def start_modes(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -91,14 +87,7 @@ def lottery_run(
 
 
 def build(args: argparse.Namespace) -> sweep.Phases:
-    strategies = [x.strip() for x in args.strategies.split(",") if x.strip()]
-    runs = [
-        lottery_run(args, strategy, start, replicate)
-        for strategy in strategies
-        for start in start_modes(args).values()
-        for replicate in sweep.replicates(settings(args)["replicates"])
-    ]
-    return [runs]
+    return sweep.strategy_grid(args, lottery_run, start_modes(args), settings(args)["replicates"])
 
 
 if __name__ == "__main__":

@@ -110,6 +110,33 @@ def replicates(text: str) -> list[int]:
     return parse_levels(str(text), "--replicates")
 
 
+def settings(args: argparse.Namespace, full: dict, quick: dict, keys: tuple[str, ...]) -> dict:
+    """A study's settings: its full or --quick values, with the `keys` given as flags."""
+    values = dict(quick if args.quick else full)
+    for key in keys:
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
+    return values
+
+
+def strategy_grid(
+    args: argparse.Namespace,
+    lottery_run: Callable[[argparse.Namespace, str, list[str], int], Run],
+    start_modes: dict[str, list[str]],
+    replicates_text: str,
+) -> Phases:
+    """One phase: a lottery run for every --strategies name x start mode x replicate."""
+    strategies = [x.strip() for x in args.strategies.split(",") if x.strip()]
+    return [
+        [
+            lottery_run(args, strategy, start, replicate)
+            for strategy in strategies
+            for start in start_modes.values()
+            for replicate in replicates(replicates_text)
+        ]
+    ]
+
+
 def command(run: Run) -> list[str]:
     return [sys.executable, str(MAIN), *run]
 
