@@ -30,6 +30,8 @@ LENET = "--default_hparams=mnist_lenet_300_100"
         ([LENET, "--batch_size=70000"], "larger than the 60000 training examples"),
         ([LENET, "--subsample_fraction=1.5"], "--subsample_fraction must be in (0, 1]"),
         ([LENET, "--eval_every=3x"], "malformed --eval_every"),
+        ([LENET, "--eval_every=0it"], "--eval_every must be positive, got 0it"),
+        ([LENET, "--checkpoint_every=0ep0it"], "--checkpoint_every must be positive, got 0ep0it"),
         ([LENET, "--training_stepz=1it"], "unrecognized arguments: --training_stepz=1it"),
         ([LENET, "--training_step=1it"], "unrecognized arguments"),  # no abbreviations
         ([LENET, "--platform=mars"], "unknown platform 'mars'; known platforms: colab, local"),

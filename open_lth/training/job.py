@@ -12,7 +12,7 @@ import torch
 from open_lth.foundations import registries
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.platform import Platform
-from open_lth.foundations.step import check_step_syntax
+from open_lth.foundations.step import Step, check_step_syntax
 from open_lth.training.train_step import check_mode
 from open_lth.training.trainer import TrainOptions
 
@@ -82,8 +82,11 @@ def create_job(args: argparse.Namespace) -> Job:
     if replicate < 0:
         raise UserError(f"--replicate must be a non-negative integer, got {replicate}")
     for flag in ("eval_every", "checkpoint_every"):
-        if getattr(args, flag):
-            check_step_syntax(getattr(args, flag), f"--{flag}")
+        text = getattr(args, flag)
+        if text:
+            check_step_syntax(text, f"--{flag}")
+            if Step.from_str(text, 1).iteration == 0:  # an interval of 0 would mean every step
+                raise UserError(f"--{flag} must be positive, got {text}")
     platform = registries.platforms.get(args.platform)(args.root, args.dataset_root, args.device)
     check_mode(args.cuda_graphs, platform.device)
     if args.deterministic:
