@@ -8,11 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import CIFAR, DATA
+from conftest import CIFAR, DATA, lenet_lottery
 from main import load_plugins
 from open_lth.foundations import paths
 from open_lth.foundations.hparams import DatasetHparams, ModelHparams, TrainingHparams
 from open_lth.foundations.model import build_model
+from open_lth.training import evaluation
 from open_lth.training.data import load
 from open_lth.training.schedule import lr_schedule
 from open_lth.training.trainer import Seeds, TrainOptions, train
@@ -79,3 +80,20 @@ def test_resnet_learns_on_real_cifar10(cli, tmp_path: Path) -> None:
     assert accuracy[0] < 0.15 and accuracy[150] > 0.25  # chance is 0.10
     lr = frame[frame.name == "learning_rate"].value
     assert (lr == 0.1).all()
+
+
+def test_bf16_where_it_does_not_pay_says_so_once(cli, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(evaluation, "_NOTED", set())
+    flags = lenet_lottery(tmp_path, "--training_steps=20it", "--levels=2", "--bf16")
+    code, _, err = cli(*flags, "--device=cpu")
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if "--bf16" in line]
+    assert notes == ["note: --bf16 has no effect on cpu: this run trains in float32"]
+
+    # A GPU without bfloat16 tensor cores (Colab's T4), and one with them.
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (7, 5))
+    note = evaluation.bf16_note(torch.device("cuda"))
+    assert note is not None and "Tesla T4 (compute capability 7.5) runs emulated" in note
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    assert evaluation.bf16_note(torch.device("cuda")) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import torch
 
@@ -71,6 +72,33 @@ def layout(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     if uses_channels_last(model, x.device):
         return x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+_NOTED: set[str] = set()
+
+
+def bf16_note(device: torch.device) -> str | None:
+    """Why --bf16 will not pay on `device`, or None where it may: it is a no-op on a CPU,
+    and a GPU older than Ampere (compute capability 8.0; Colab's T4 is 7.5) has no
+    bfloat16 tensor cores, so its bf16 runs emulated, slower than float32."""
+    if device.type != "cuda":
+        return f"--bf16 has no effect on {device}: this run trains in float32"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return (
+            f"--bf16 on {torch.cuda.get_device_name(device)} (compute capability "
+            f"{major}.{minor}) runs emulated, slower than float32: it has no bfloat16 "
+            "tensor cores (Ampere, 8.0, and newer have)"
+        )
+    return None
+
+
+def note_bf16(device: torch.device) -> None:
+    """Print `bf16_note` once per process and device (a lottery trains many levels)."""
+    note = bf16_note(device)
+    if note is not None and str(device) not in _NOTED:
+        _NOTED.add(str(device))
+        print(f"note: {note}", file=sys.stderr)
 
 
 def autocast(

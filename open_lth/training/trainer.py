@@ -28,7 +28,7 @@ from open_lth.foundations.step import Step
 from open_lth.foundations.store import atomic_torch_save
 from open_lth.training.checkpoints import Checkpoints
 from open_lth.training.data import BatchesInStep, DeviceData, derive_seed
-from open_lth.training.evaluation import evaluate_copies, uses_channels_last
+from open_lth.training.evaluation import evaluate_copies, note_bf16, uses_channels_last
 from open_lth.training.metrics import MetricLogger
 from open_lth.training.schedule import build_optimizer, lr_schedule
 from open_lth.training.stacked import Lanes, stack, stack_state, unstack_state
@@ -158,6 +158,8 @@ def train_copies(
     if not checkpoints.exist() and all(paths.weights(c.out, end).exists() for c in copies):
         return {}  # finished; killed before the caller wrote its summary
 
+    if hparams.bf16:
+        note_bf16(device)
     net = models[0] if k == 1 else stack(models, lanes(k, checkpoint_path, options)).to(device)
     if isinstance(net, Lanes) and hparams.compile:
         raise UserError("--pack_streams does not combine with --compile; leave one out")
