@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -13,9 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import DATA, REPO, lenet_args
-from open_lth.foundations import paths
+from conftest import DATA, REPO, lenet_args, lenet_lottery
+from open_lth.foundations import paths, store
 from open_lth.foundations.store import RunLock
+from open_lth.lottery.levels import level_dir
 
 
 def run_dir(root: Path) -> Path:
@@ -124,6 +126,24 @@ def test_a_locked_run_is_refused(cli, tmp_path: Path) -> None:
     assert code == 2
     assert "is in use by another process" in err and len(err.strip().splitlines()) == 1
     assert not (run / "metrics.csv").exists()
+
+
+def test_a_file_system_without_locks_runs_unlocked_and_says_so(
+    cli, tmp_path: Path, monkeypatch
+) -> None:
+    """Lustre without -o flock refuses flock with ENOSYS: the run goes on, with a note."""
+
+    def refuse(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(store.fcntl, "flock", refuse)
+    monkeypatch.setattr(store, "_NOTED_NO_LOCKS", [])
+    code, _, err = cli(*lenet_lottery(tmp_path, "--training_steps=20it", "--levels=1"))
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if "cannot lock" in line]
+    assert len(notes) == 1 and "Function not implemented" in notes[0], err
+    (run,) = tmp_path.glob("lottery_*")
+    assert (level_dir(run / "replicate_1", 1) / "summary.json").exists()
 
 
 def test_nan_loss_stops_with_a_clear_error(cli, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,20 @@ def torch_load(path: Path, device: torch.device | str = "cpu") -> Any:
         raise UserError(f"cannot read {path}: {first}; delete it to recompute it") from None
 
 
+_NOTED_NO_LOCKS: list[Path] = []  # the first folder found without locks, once a process
+
+
+def _note_no_locks(directory: Path, error: OSError) -> None:
+    if _NOTED_NO_LOCKS:
+        return
+    _NOTED_NO_LOCKS.append(directory)
+    print(
+        f"note: cannot lock {directory} ({error.strerror or error}): this file system does "
+        "not support locks, so nothing keeps two processes out of one run; start each once",
+        file=sys.stderr,
+    )
+
+
 class RunLock:
     """An exclusive lock on a run directory, held while a process works in it.
 
@@ -118,6 +133,13 @@ class RunLock:
                 f"run directory {self.path.parent} is in use by another process (pid {owner}); "
                 "wait for it to finish or stop it"
             ) from None
+        except OSError as e:
+            # Some cluster file systems refuse flock (Lustre mounted without -o flock:
+            # ENOSYS; NFS without its lock daemon: ENOLCK). Running unlocked there beats
+            # not running; say so once, as two processes could then share a run.
+            os.close(fd)
+            _note_no_locks(self.path.parent, e)
+            return self
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
