@@ -9,16 +9,32 @@ replicates x magnitude, fisher, random x reset, re-init) in packs of 6, 27 level
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 
 def main() -> None:
-    root = Path(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", type=Path, help="the results root of one pack's runs")
+    root = parser.parse_args().root
     runs = sorted(root.glob("lottery_*/replicate_*"))
     if not runs:
-        sys.exit(f"no lottery runs under {root}")
+        sys.exit(f"error: no lottery runs under {root}")
+    missing = [
+        f for r in runs for L in (0, 1) for f in (r / f"level_{L}/main/summary.json",)
+        if not f.exists()
+    ]  # fmt: skip
+    if missing:
+        sys.exit(f"error: {missing[0]} is missing: levels 0 and 1 of every run must be done")
+    # A pack trains its runs' levels in lock-step: every level 0 ends before any level 1
+    # starts. Runs trained one after the other would give a meaningless estimate.
+    first_level1 = min((r / "level_1/main/hparams.json").stat().st_mtime for r in runs)
+    last_level0 = max((r / "level_0/main/summary.json").stat().st_mtime for r in runs)
+    if first_level1 < last_level0:
+        sys.exit(f"error: the runs under {root} did not train as one pack (a level 1 began "
+                 "before every level 0 ended); give the root of one pack's runs")  # fmt: skip
     bounds = {}
     for level in (0, 1):
         starts = [(r / f"level_{level}/main/hparams.json").stat().st_mtime for r in runs]
