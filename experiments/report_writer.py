@@ -20,7 +20,9 @@ def slug(text: str) -> str:
 class Report:
     """Draws and writes; `sections` collects the index's markdown per setting."""
 
-    def __init__(self, root: Path, out: Path, runs: pd.DataFrame, options: argparse.Namespace):
+    def __init__(
+        self, root: Path, out: Path, runs: pd.DataFrame, options: argparse.Namespace
+    ) -> None:
         self.root = root
         self.out = out
         self.runs = runs
