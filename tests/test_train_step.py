@@ -17,7 +17,7 @@ import torch
 
 from conftest import CIFAR, DATA, REPO
 from main import load_plugins
-from open_lth.foundations import paths
+from open_lth.foundations import errors, paths
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import DatasetHparams, ModelHparams, TrainingHparams
 from open_lth.foundations.model import build_model
@@ -291,7 +291,8 @@ class Syncs(torch.nn.Module):
 
 @cuda
 @pytest.mark.parametrize("mode", ["auto", "on"])
-def test_a_model_that_cannot_be_captured(mode: str, capsys) -> None:
+def test_a_model_that_cannot_be_captured(mode: str, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(errors, "_NOTED", set())  # the note is once a process
     gpu = torch.device("cuda")
     net = Syncs().to(gpu)
     training = TrainingHparams("sgd", 0.1, "1ep", momentum=0.9)

@@ -10,7 +10,7 @@ import torch
 
 from conftest import CIFAR, DATA, lenet_lottery
 from main import load_plugins
-from open_lth.foundations import paths
+from open_lth.foundations import errors, paths
 from open_lth.foundations.hparams import DatasetHparams, ModelHparams, TrainingHparams
 from open_lth.foundations.model import build_model
 from open_lth.training import evaluation
@@ -83,7 +83,7 @@ def test_resnet_learns_on_real_cifar10(cli, tmp_path: Path) -> None:
 
 
 def test_bf16_where_it_does_not_pay_says_so_once(cli, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(evaluation, "_NOTED", set())
+    monkeypatch.setattr(errors, "_NOTED", set())
     flags = lenet_lottery(tmp_path, "--training_steps=20it", "--levels=2", "--bf16")
     code, _, err = cli(*flags, "--device=cpu")
     assert code == 0, err

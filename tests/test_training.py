@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import DATA, REPO, lenet_args, lenet_lottery
-from open_lth.foundations import paths, store
+from open_lth.foundations import errors, paths, store
 from open_lth.foundations.store import RunLock
 from open_lth.lottery.levels import level_dir
 
@@ -137,7 +137,7 @@ def test_a_file_system_without_locks_runs_unlocked_and_says_so(
         raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
 
     monkeypatch.setattr(store.fcntl, "flock", refuse)
-    monkeypatch.setattr(store, "_NOTED_NO_LOCKS", [])
+    monkeypatch.setattr(errors, "_NOTED", set())
     code, _, err = cli(*lenet_lottery(tmp_path, "--training_steps=20it", "--levels=1"))
     assert code == 0, err
     notes = [line for line in err.splitlines() if "cannot lock" in line]

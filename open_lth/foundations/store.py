@@ -11,7 +11,6 @@ import io
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 
 from open_lth.foundations import distributed
-from open_lth.foundations.errors import RunLocked, UserError
+from open_lth.foundations.errors import RunLocked, UserError, note_once
 
 # mkstemp creates files readable by the owner only; runs are shared data, so give the
 # final files the permissions a plain open() would.
@@ -95,20 +94,6 @@ def torch_load(path: Path, device: torch.device | str = "cpu") -> Any:
         raise UserError(f"cannot read {path}: {first}; delete it to recompute it") from None
 
 
-_NOTED_NO_LOCKS: list[Path] = []  # the first folder found without locks, once a process
-
-
-def _note_no_locks(directory: Path, error: OSError) -> None:
-    if _NOTED_NO_LOCKS:
-        return
-    _NOTED_NO_LOCKS.append(directory)
-    print(
-        f"note: cannot lock {directory} ({error.strerror or error}): this file system does "
-        "not support locks, so nothing keeps two processes out of one run; start each once",
-        file=sys.stderr,
-    )
-
-
 class RunLock:
     """An exclusive lock on a run directory, held while a process works in it.
 
@@ -138,7 +123,11 @@ class RunLock:
             # ENOSYS; NFS without its lock daemon: ENOLCK). Running unlocked there beats
             # not running; say so once, as two processes could then share a run.
             os.close(fd)
-            _note_no_locks(self.path.parent, e)
+            note_once(
+                "no locks",
+                f"cannot lock {self.path.parent} ({e.strerror or e}): this file system does not "
+                "support locks, so nothing keeps two processes out of one run; start each once",
+            )
             return self
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())

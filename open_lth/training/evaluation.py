@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import torch
 
+from open_lth.foundations.errors import note_once
 from open_lth.training.data import DeviceData
 from open_lth.training.stacked import repeat_input, split_output
 
@@ -74,9 +74,6 @@ def layout(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-_NOTED: set[str] = set()
-
-
 def bf16_note(device: torch.device) -> str | None:
     """Why --bf16 will not pay on `device`, or None where it may: it is a no-op on a CPU,
     and a GPU older than Ampere (compute capability 8.0; Colab's T4 is 7.5) has no
@@ -94,11 +91,10 @@ def bf16_note(device: torch.device) -> str | None:
 
 
 def note_bf16(device: torch.device) -> None:
-    """Print `bf16_note` once per process and device (a lottery trains many levels)."""
+    """`bf16_note`, once per process and device."""
     note = bf16_note(device)
-    if note is not None and str(device) not in _NOTED:
-        _NOTED.add(str(device))
-        print(f"note: {note}", file=sys.stderr)
+    if note is not None:
+        note_once(f"bf16 {device}", note)
 
 
 def autocast(

@@ -17,14 +17,13 @@ test that guards the graph path's logic (it must equal `EagerStep`).
 from __future__ import annotations
 
 import contextlib
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from open_lth.foundations.errors import UserError
+from open_lth.foundations.errors import UserError, note_once
 from open_lth.training.evaluation import autocast, layout, per_copy_loss
 from open_lth.training.stacked import Lanes, split_output
 
@@ -252,10 +251,10 @@ class FallbackStep:
                     f"--cuda_graphs=on: {self.model_name} cannot be captured in a CUDA graph "
                     f"({reason}); use --cuda_graphs=auto or off"
                 ) from None
-            print(
-                f"note: {self.model_name} cannot be captured in a CUDA graph ({reason}); "
+            note_once(
+                f"graphs {self.model_name}",
+                f"{self.model_name} cannot be captured in a CUDA graph ({reason}); "
                 "training without graphs",
-                file=sys.stderr,
             )
             self._to_eager()
             self.eager(x, y, lr)
