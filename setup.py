@@ -1,24 +1,27 @@
-"""Packaging: `pip install -e .` (extras: test, bench, slurm, torchvision)."""
+"""Packaging: `pip install -e .` (extras: test, bench, slurm, torchvision).
+
+The plugin folders at the top of the checkout install as sub-packages of open_lth
+(`open_lth.datasets`, ...), never as top-level packages: a top-level `datasets` would
+clash with Hugging Face's (Colab ships it, `transformers` imports it)."""
 
 from setuptools import find_packages, setup
+
+PLUGINS = ["models", "datasets", "pruning", "platforms", "experiments"]
+packages = find_packages(include=["open_lth", "open_lth.*"])
+package_dir = {}
+for plugin in PLUGINS:
+    for sub in [plugin, *(f"{plugin}.{p}" for p in find_packages(where=plugin))]:
+        packages.append(f"open_lth.{sub}")
+    package_dir[f"open_lth.{plugin}"] = plugin
 
 setup(
     name="open_lth",
     version="0.1.0",
     description="Lottery-ticket experiments: IMP, pruning strategies, rewinding, instability",
     python_requires=">=3.10",
-    packages=find_packages(
-        include=[
-            "open_lth",
-            "open_lth.*",
-            "models",
-            "datasets",
-            "pruning",
-            "platforms",
-            "experiments",
-        ]
-    ),
-    py_modules=["main"],
+    packages=packages,
+    package_dir=package_dir,
+    entry_points={"console_scripts": ["open_lth = open_lth.main:cli_entry"]},
     install_requires=[
         # A range that the local CPU build 2.13.0 satisfies; install it first on a
         # machine without CUDA so that pip does not fetch a CUDA build.

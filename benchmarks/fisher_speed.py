@@ -27,14 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from open_lth.foundations import registries  # noqa: E402
 from open_lth.foundations.hparams import DatasetHparams  # noqa: E402
 from open_lth.foundations.model import Model, build_model  # noqa: E402
+from open_lth.pruning import fisher as fisher_module  # noqa: E402
+from open_lth.pruning.fisher import CONV_METHODS, fisher_diagonal  # noqa: E402
 from open_lth.training.data import DeviceData, load  # noqa: E402
-from pruning import fisher as fisher_module  # noqa: E402
-from pruning.fisher import CONV_METHODS, fisher_diagonal  # noqa: E402
 
 MODELS = ("mnist_lenet_300_100", "cifar_resnet_20")
 SHARED = Path(__file__).resolve().parents[2] / "shared/data"
@@ -131,7 +131,7 @@ def main() -> None:
     device = pick_device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
-    from main import load_plugins
+    from open_lth.main import load_plugins
 
     load_plugins()
     family = registries.models.get(args.model)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_speed import PilMnist  # noqa: E402
@@ -244,7 +244,7 @@ def main() -> None:
     parser.add_argument("--skip_process", action="store_true")
     parser.add_argument("--scale", type=float, default=1.0, help="x steps (a CPU smoke test)")
     args = parser.parse_args()
-    from main import load_plugins
+    from open_lth.main import load_plugins
 
     load_plugins()
     device = torch.device(args.device)

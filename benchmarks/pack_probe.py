@@ -20,7 +20,7 @@ from unittest import mock
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_speed  # noqa: E402
@@ -64,7 +64,7 @@ def probe_setup(
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--device", default="cuda", help="cpu: a smoke test of this script")
     args = parser.parse_args()
-    from main import load_plugins
+    from open_lth.main import load_plugins
 
     load_plugins()
     device = torch.device(args.device)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_speed import load_spec, sync_time, trainer_its  # noqa: E402
@@ -108,7 +108,7 @@ def main() -> None:
         "--pack_streams", type=int, default=1, help="a pack as N lanes on N CUDA streams"
     )
     args = parser.parse_args()
-    from main import load_plugins
+    from open_lth.main import load_plugins
 
     load_plugins()
     evaluation.CHANNELS_LAST = not args.nchw

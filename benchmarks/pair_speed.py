@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from open_lth.foundations import registries  # noqa: E402
 from open_lth.foundations.hparams import DatasetHparams, ModelHparams  # noqa: E402
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     args.device = torch.device(args.device)
-    from main import load_plugins
+    from open_lth.main import load_plugins
 
     load_plugins()
     batch = registries.models.get(args.model).default_hparams(args.model).dataset.batch_size

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_speed  # noqa: E402
@@ -37,7 +37,7 @@ def main() -> None:
         help="torch.compile's mode for the compile part, e.g. max-autotune-no-cudagraphs",
     )
     args = parser.parse_args()
-    from main import load_plugins
+    from open_lth.main import load_plugins
 
     load_plugins()
     device = torch.device("cuda")

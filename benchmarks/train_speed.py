@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from open_lth.foundations.hparams import DatasetHparams, ModelHparams, TrainingHparams  # noqa: E402
 from open_lth.foundations.model import build_model  # noqa: E402
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500, help="steps per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; median kept")
     args = parser.parse_args()
-    from main import load_plugins
+    from open_lth.main import load_plugins
 
     load_plugins()
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from datasets.download import download_allowed, fetch_first, md5sum
+from open_lth.datasets.download import download_allowed, fetch_first, md5sum
 from open_lth.foundations import registries
 from open_lth.foundations.dataset import Dataset
 from open_lth.foundations.errors import UserError

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.download import download_allowed, fetch_first, md5sum
+from open_lth.datasets.download import download_allowed, fetch_first, md5sum
 from open_lth.foundations import registries
 from open_lth.foundations.dataset import Dataset
 from open_lth.foundations.errors import UserError

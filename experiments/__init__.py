@@ -8,3 +8,8 @@ lenet_fisher_vs_magnitude.py, resnet_fisher_vs_magnitude.py, instability.py   th
 synthetic.py   a small hand-written results root, for tests and trying things out
 results.ipynb  a notebook that shows a results root's figures and tables
 """
+
+if __name__ == "experiments":  # by its plain name: see open_lth/foundations/plain_names.py
+    from open_lth.foundations.plain_names import step_aside
+
+    step_aside(__name__, __file__)

@@ -55,10 +55,10 @@ def group(todo: list[tuple[Run, Path | None]], size: int) -> list[Entry]:
     """The phase's runs as commands: compatible lottery runs in packs of up to `size`."""
     if size <= 1:
         return [Entry(run, location, [(run, location)]) for run, location in todo]
-    from main import load_plugins
     from open_lth import cli
     from open_lth.foundations.errors import UserError
     from open_lth.lottery import pack as pack_runner
+    from open_lth.main import load_plugins
 
     load_plugins()
 

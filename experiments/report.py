@@ -83,8 +83,8 @@ class ReportRunner(Runner):
         return self.out
 
     def run(self) -> None:
-        from experiments import load
-        from experiments.report_writer import Report
+        from open_lth.experiments import load
+        from open_lth.experiments.report_writer import Report
 
         table = load.runs(self.root)
         if table.empty:

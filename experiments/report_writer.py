@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments import load, plots, plots_at_init
+from open_lth.experiments import load, plots, plots_at_init
 
 
 def slug(text: str) -> str:

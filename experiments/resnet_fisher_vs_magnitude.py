@@ -22,9 +22,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
-from experiments import sweep  # noqa: E402
+from open_lth.experiments import sweep  # noqa: E402
 
 STRATEGIES = ("magnitude", "fisher")
 FULL = {

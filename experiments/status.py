@@ -89,7 +89,7 @@ def pid_alive(pid: int) -> bool:
 
 def states(root: Path) -> list[tuple[str, dict, str]]:
     """(state, record, detail) per recorded run: done, running, waiting or failed."""
-    from experiments import sweep
+    from open_lth.experiments import sweep
 
     entries = read(root)
     queue = slurm_states([e["job_id"] for e in entries.values() if e["executor"] == "slurm"])

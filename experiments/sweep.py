@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from experiments import packs, slurm, status
+from open_lth.experiments import packs, slurm, status
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = REPO / "main.py"
@@ -148,9 +148,9 @@ def shell(run: Run) -> str:
 def locate(run: Run) -> tuple[Path | None, str | None]:
     """(output folder, None) as main.py --display_output_location prints it (called in
     this process: the same code, without a Python start per run), or (None, error)."""
-    from main import load_plugins
     from open_lth import cli
     from open_lth.foundations.errors import UserError
+    from open_lth.main import load_plugins
 
     load_plugins()
     buffer = io.StringIO()
@@ -175,8 +175,8 @@ def is_done(run: Run, location: Path | None) -> bool:
         levels = int(flag_value(run, "--levels", "0") or 0)
         strategy = flag_value(run, "--pruning_strategy")
         if strategy:
-            from main import load_plugins
             from open_lth.foundations import registries
+            from open_lth.main import load_plugins
 
             load_plugins()
             if strategy in registries.strategies and registries.strategies.get(strategy).one_shot:

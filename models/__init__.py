@@ -4,4 +4,10 @@ Importing this package registers every family in `registries.models` and every
 initializer in `registries.initializers`; the core never imports a model directly.
 """
 
-from models import cifar_resnet, cifar_vgg, initializers, mnist_lenet  # noqa: F401
+if __name__ == "models":  # by its plain name: see open_lth/foundations/plain_names.py
+    from open_lth.foundations.plain_names import step_aside
+
+    step_aside(__name__, __file__)
+
+
+from open_lth.models import cifar_resnet, cifar_vgg, initializers, mnist_lenet  # noqa: F401

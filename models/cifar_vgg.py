@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.cifar_resnet import cifar_default_hparams
 from open_lth.foundations import registries
 from open_lth.foundations.hparams import DefaultHparams
 from open_lth.foundations.model import Model
+from open_lth.models.cifar_resnet import cifar_default_hparams
 
 _M = "M"
 _PLANS: dict[str, list[int | str]] = {

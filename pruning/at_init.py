@@ -30,8 +30,8 @@ from open_lth.foundations.hparams import Hparams, PruningHparams, hp
 from open_lth.foundations.masks import Mask
 from open_lth.foundations.model import Model
 from open_lth.lottery.strategy import PruneContext, Strategy
+from open_lth.pruning.select import lowest
 from open_lth.training.data import DeviceData, derive_seed
-from pruning.select import lowest
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch
 from open_lth.foundations.hparams import PruningHparams
 from open_lth.foundations.masks import Mask
 from open_lth.lottery.strategy import PruneContext, Strategy
-from pruning.select import kept_count, select
+from open_lth.pruning.select import kept_count, select
 
 
 class ScoreStrategy(Strategy):

@@ -23,8 +23,8 @@ from open_lth.foundations import registries
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import Hparams, hp
 from open_lth.lottery.strategy import PruneContext
+from open_lth.pruning.base import ScoreStrategy
 from open_lth.training.data import DeviceData
-from pruning.base import ScoreStrategy
 
 # Bytes that the per-example tensors of one conv layer may take at once; the batch is split
 # into chunks that fit. On a GPU a quarter of its free memory, where that is more.

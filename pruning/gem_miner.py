@@ -53,10 +53,10 @@ from open_lth.foundations.model import Model
 from open_lth.foundations.step import Step
 from open_lth.foundations.store import atomic_torch_save, torch_load
 from open_lth.lottery.strategy import PruneContext, Strategy
+from open_lth.pruning.at_init import AtInitHparams, resolve_density
+from open_lth.pruning.select import lowest
 from open_lth.training.data import derive_seed
 from open_lth.training.trainer import Interrupted, iterations_per_epoch, signals_to_flag
-from pruning.at_init import AtInitHparams, resolve_density
-from pruning.select import lowest
 
 CHECKPOINT = "gem_miner_checkpoint.pt"
 

@@ -21,8 +21,8 @@ from open_lth.foundations import registries
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import hp
 from open_lth.lottery.strategy import PruneContext
-from pruning.at_init import AtInitStrategy, ExamplesHparams, Scoring, scoring_inputs
-from pruning.snip import chunk_losses, mean_loss_gradient
+from open_lth.pruning.at_init import AtInitStrategy, ExamplesHparams, Scoring, scoring_inputs
+from open_lth.pruning.snip import chunk_losses, mean_loss_gradient
 
 
 @dataclass

@@ -6,7 +6,7 @@ import torch
 
 from open_lth.foundations import registries
 from open_lth.lottery.strategy import PruneContext
-from pruning.base import ScoreStrategy
+from open_lth.pruning.base import ScoreStrategy
 
 
 @registries.strategies.register("magnitude")

@@ -16,7 +16,7 @@ from torch.func import functional_call
 
 from open_lth.foundations import registries
 from open_lth.lottery.strategy import PruneContext
-from pruning.at_init import AtInitStrategy, ExamplesHparams, Scoring, scoring_inputs
+from open_lth.pruning.at_init import AtInitStrategy, ExamplesHparams, Scoring, scoring_inputs
 
 
 @dataclass

@@ -24,8 +24,8 @@ from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import hp
 from open_lth.foundations.masks import Mask
 from open_lth.lottery.strategy import PruneContext
-from pruning.at_init import AtInitHparams, AtInitStrategy, keep_highest, target_kept
-from pruning.gem_miner import kept_after
+from open_lth.pruning.at_init import AtInitHparams, AtInitStrategy, keep_highest, target_kept
+from open_lth.pruning.gem_miner import kept_after
 
 
 @dataclass

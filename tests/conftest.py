@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from main import main
+from open_lth.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 # A folder laid out like ../shared/data; OPEN_LTH_TEST_DATA points elsewhere (e.g. a copy

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from conftest import CIFAR, DATA
-from main import load_plugins
 from open_lth.foundations.hparams import DatasetHparams
+from open_lth.main import load_plugins
 from open_lth.training.data import DeviceData, crop_flip, load
 
 load_plugins()

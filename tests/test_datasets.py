@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from conftest import DATA
-from datasets import cifar10, download, mnist
-from datasets.cifar10 import CIFAR10
-from datasets.mnist import MNIST, read_idx
+from open_lth.datasets import cifar10, download, mnist
+from open_lth.datasets.cifar10 import CIFAR10
+from open_lth.datasets.mnist import MNIST, read_idx
 from open_lth.foundations import registries
 from open_lth.foundations.errors import UserError
 

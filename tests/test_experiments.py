@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import DATA, REPO
-from experiments import load, plots, sweep, synthetic
+from open_lth.experiments import load, plots, sweep, synthetic
 from open_lth.foundations.errors import UserError
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -325,7 +325,7 @@ def test_quick_lenet_dry_run_lists_the_grid(tmp_path: Path) -> None:
 
 
 def test_sweep_skips_done_runs_and_prints_commands(tmp_path: Path, capsys) -> None:
-    from experiments import lenet_fisher_vs_magnitude as lenet
+    from open_lth.experiments import lenet_fisher_vs_magnitude as lenet
 
     argv = ["--quick", f"--root={tmp_path}", f"--dataset_root={DATA}", "--replicates=1"]
     argv += ["--strategies=magnitude"]
@@ -372,8 +372,8 @@ def test_sweep_job_env_spreads_gpus() -> None:
 
 
 def test_study_scripts_build_their_grids(tmp_path: Path) -> None:
-    from experiments import instability
-    from experiments import resnet_fisher_vs_magnitude as resnet
+    from open_lth.experiments import instability
+    from open_lth.experiments import resnet_fisher_vs_magnitude as resnet
 
     parser = argparse.ArgumentParser()
     sweep.add_args(parser)
@@ -405,7 +405,7 @@ def test_study_scripts_build_their_grids(tmp_path: Path) -> None:
 
 
 def test_colab_platform_needs_the_drive(tmp_path: Path, monkeypatch) -> None:
-    from platforms.colab import ColabPlatform
+    from open_lth.platforms.colab import ColabPlatform
 
     monkeypatch.setenv("OPEN_LTH_COLAB_DRIVE", str(tmp_path / "MyDrive"))
     with pytest.raises(UserError, match="mount the Drive"):

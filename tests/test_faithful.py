@@ -11,15 +11,15 @@ import pandas as pd
 import torch
 
 from conftest import CIFAR, lenet_lottery
-from experiments import load
-from main import load_plugins
 from open_lth.cli import Parser
+from open_lth.experiments import load
 from open_lth.foundations import paths, registries
 from open_lth.foundations.hparams import ModelHparams
 from open_lth.foundations.model import build_model
 from open_lth.foundations.store import atomic_torch_save
 from open_lth.lottery.levels import Levels, level_dir
 from open_lth.lottery.runner import LotteryRunner
+from open_lth.main import load_plugins
 from open_lth.training import stage
 
 load_plugins()

@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-import pruning.fisher as fisher_module
+import open_lth.pruning.fisher as fisher_module
 from open_lth.foundations import registries
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import ModelHparams, PruningHparams
 from open_lth.foundations.model import build_model
 from open_lth.lottery.strategy import PruneContext
+from open_lth.pruning.fisher import CONV_METHODS, FisherHparams, FisherStrategy, fisher_diagonal
 from open_lth.training.data import DeviceData
-from pruning.fisher import CONV_METHODS, FisherHparams, FisherStrategy, fisher_diagonal
 
 CPU = torch.device("cpu")
 METHODS = ["auto", *CONV_METHODS]
@@ -39,7 +39,7 @@ def cifar_data(n: int, seed: int = 0) -> DeviceData:
 
 
 def lenet() -> nn.Module:
-    from main import load_plugins
+    from open_lth.main import load_plugins
 
     load_plugins()
     return build_model(ModelHparams("mnist_lenet_20_10", "kaiming_normal", "uniform"), 10, 1)
@@ -49,7 +49,7 @@ def resnet(data: DeviceData) -> nn.Module:
     """cifar_resnet_8_4 with BatchNorm running statistics far from their defaults. The same
     model every time: about one draw in a hundred of the shifts is so ill-conditioned that
     float32 itself misses the float64 reference by more than rtol (whatever the method)."""
-    from main import load_plugins
+    from open_lth.main import load_plugins
 
     load_plugins()
     model = build_model(ModelHparams("cifar_resnet_8_4", "kaiming_normal", "uniform"), 10, 1)
@@ -160,7 +160,7 @@ def test_small_memory_budget_gives_the_same_result(monkeypatch, method):
 def resnet20_case() -> tuple:
     """ResNet-20 itself (stride-2 3x3 convs, 1x1 stride-2 shortcuts, widths 16 to 64) with
     uncentred BatchNorm statistics, and its brute-force Fisher on 6 examples."""
-    from main import load_plugins
+    from open_lth.main import load_plugins
 
     load_plugins()
     data = cifar_data(6, seed=3)

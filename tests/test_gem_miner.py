@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import pruning.gem_miner as gm
+import open_lth.pruning.gem_miner as gm
 from conftest import DATA
 from open_lth.foundations import masks, registries
 from open_lth.foundations.errors import UserError
@@ -18,9 +18,9 @@ from open_lth.foundations.hparams import ModelHparams, PruningHparams
 from open_lth.foundations.model import build_model
 from open_lth.lottery.levels import level_dir
 from open_lth.lottery.strategy import PruneContext
+from open_lth.pruning.gem_miner import GemMinerHparams, GemMinerStrategy
 from open_lth.training.data import DeviceData
 from open_lth.training.trainer import Interrupted
-from pruning.gem_miner import GemMinerHparams, GemMinerStrategy
 
 CPU = torch.device("cpu")
 
@@ -35,7 +35,7 @@ def data(n: int = 300, augment: bool = False, seed: int = 0) -> DeviceData:
 
 
 def model(name: str = "mnist_lenet_50_20", seed: int = 1) -> torch.nn.Module:
-    from main import load_plugins
+    from open_lth.main import load_plugins
 
     load_plugins()
     return build_model(ModelHparams(name, "kaiming_normal", "uniform"), 10, seed)

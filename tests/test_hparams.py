@@ -2,10 +2,10 @@ import dataclasses
 
 import pytest
 
-from main import load_plugins
 from open_lth.cli import Parser
 from open_lth.foundations import registries
 from open_lth.foundations.hparams import TrainingHparams, to_flags
+from open_lth.main import load_plugins
 from open_lth.training.runner import TrainingDesc, TrainingRunner
 
 load_plugins()

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from conftest import DATA, REPO
-from main import load_plugins
 from open_lth.foundations import paths
 from open_lth.foundations.hparams import DatasetHparams, ModelHparams, TrainingHparams
 from open_lth.foundations.model import build_model
+from open_lth.main import load_plugins
 from open_lth.training import interpolation
 from open_lth.training.data import DeviceData, load
 from open_lth.training.interpolation import barrier, evaluate_path

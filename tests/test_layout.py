@@ -1,5 +1,7 @@
 """The layout's arrows (DESIGN.md): dependencies point inward, and the core imports no
-plugin; main.py is where the plugins join."""
+plugin; open_lth/main.py is where the plugins join. The plugin folders at the top of the
+checkout are imported as sub-packages of open_lth (`open_lth.datasets`), never under
+their plain names, which clash with common packages (Hugging Face's `datasets`)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ ALLOWED = {
     "open_lth.cli": ("open_lth.foundations", "open_lth.training"),
 }
 PROJECT = ("open_lth", "main", "experiments", "benchmarks", *PLUGINS)
+# The plugins as the code imports them.
+PLUGIN_PACKAGES = tuple(f"open_lth.{p}" for p in (*PLUGINS, "experiments"))
 
 
 def project_imports(path: Path) -> set[str]:
@@ -39,7 +43,8 @@ def project_imports(path: Path) -> set[str]:
 
 
 def module_name(path: Path) -> str:
-    return ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+    name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+    return f"open_lth.{name}" if name.split(".")[0] in (*PLUGINS, "experiments") else name
 
 
 def core_modules() -> list[Path]:
@@ -48,12 +53,12 @@ def core_modules() -> list[Path]:
 
 def test_the_core_has_rooms_and_imports_inward() -> None:
     flat = [p.name for p in (REPO / "open_lth").glob("*.py")]
-    assert sorted(flat) == ["__init__.py", "cli.py"], flat
+    assert sorted(flat) == ["__init__.py", "__main__.py", "cli.py", "main.py"], flat
     wrong = []
     for path in core_modules():
         name = module_name(path)
         room = next((r for r in ALLOWED if name == r or name.startswith(r + ".")), None)
-        if room is None:  # open_lth/__init__.py
+        if room is None:  # open_lth/__init__.py, and main.py where the plugins join
             continue
         for imported in project_imports(path):
             # `from open_lth.training import data` names the room and the module
@@ -69,8 +74,10 @@ def test_plugins_import_the_core_and_not_each_other() -> None:
     for plugin in PLUGINS:
         for path in sorted((REPO / plugin).rglob("*.py")):
             for imported in project_imports(path):
-                top = imported.split(".")[0]
-                if top not in ("open_lth", plugin):
+                other_plugin = imported.startswith(PLUGIN_PACKAGES) and not imported.startswith(
+                    f"open_lth.{plugin}"
+                )
+                if imported.split(".")[0] != "open_lth" or other_plugin:
                     wrong.append(f"{module_name(path)} imports {imported}")
     assert not wrong, "\n".join(wrong)
 
@@ -100,8 +107,8 @@ def test_every_module_imports_alone() -> None:
 def test_main_loads_every_plugin() -> None:
     """After main.load_plugins every registry is filled: models, data sets, strategies,
     branches, platforms and every subcommand."""
-    from main import load_plugins
     from open_lth.foundations import registries
+    from open_lth.main import load_plugins
 
     load_plugins()
     assert {"lottery", "pack", "train", "lottery_branch", "report", "status"} <= set(

@@ -17,7 +17,7 @@ import torch
 from conftest import DATA, LENET, REPO, lenet_lottery
 from open_lth.foundations import masks, paths
 from open_lth.lottery.levels import level_dir
-from pruning.select import count_to_prune
+from open_lth.pruning.select import count_to_prune
 
 
 def small(root: Path, *extra: str) -> list[str]:

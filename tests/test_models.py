@@ -6,14 +6,14 @@ import math
 import pytest
 import torch
 
-import models  # noqa: F401  (registers the families and initializers)
-from models.cifar_resnet import CifarResnet
-from models.cifar_vgg import CifarVgg
-from models.mnist_lenet import MnistLenet
+import open_lth.models  # noqa: F401  (registers the families and initializers)
 from open_lth.foundations import registries
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import ModelHparams
 from open_lth.foundations.model import build_model
+from open_lth.models.cifar_resnet import CifarResnet
+from open_lth.models.cifar_vgg import CifarVgg
+from open_lth.models.mnist_lenet import MnistLenet
 
 FAMILIES = [MnistLenet, CifarResnet, CifarVgg]
 

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import DATA, LENET, lenet_lottery
-from main import load_plugins
 from open_lth.cli import run as run_main
 from open_lth.foundations import masks, registries
 from open_lth.foundations.errors import UserError
@@ -28,11 +27,12 @@ from open_lth.foundations.hparams import ModelHparams, PruningHparams
 from open_lth.foundations.model import build_model
 from open_lth.lottery.levels import check_level_mask, level_dir
 from open_lth.lottery.strategy import PruneContext
+from open_lth.main import load_plugins
+from open_lth.pruning.at_init import MagnitudeAtInitHparams, Scoring, balanced_examples, target_kept
+from open_lth.pruning.grasp import GraspHparams, grasp_scores, hessian_gradient_product
+from open_lth.pruning.snip import SnipHparams, mean_loss_gradient, snip_scores
+from open_lth.pruning.synflow import SynflowHparams, linearized, synflow_scores
 from open_lth.training.data import DeviceData
-from pruning.at_init import MagnitudeAtInitHparams, Scoring, balanced_examples, target_kept
-from pruning.grasp import GraspHparams, grasp_scores, hessian_gradient_product
-from pruning.snip import SnipHparams, mean_loss_gradient, snip_scores
-from pruning.synflow import SynflowHparams, linearized, synflow_scores
 
 load_plugins()
 CPU = torch.device("cpu")
@@ -419,8 +419,8 @@ def test_lottery_level_one_on_real_mnist(cli, tmp_path: Path, name: str) -> None
 
 
 def test_study_script_builds_its_grid(tmp_path: Path) -> None:
-    from experiments import pruning_at_init as study
-    from experiments import sweep
+    from open_lth.experiments import pruning_at_init as study
+    from open_lth.experiments import sweep
 
     parser = argparse.ArgumentParser()
     sweep.add_args(parser)
@@ -450,7 +450,7 @@ def test_study_script_builds_its_grid(tmp_path: Path) -> None:
 
 
 def test_a_folder_made_before_allow_layer_collapse_shares_the_setting() -> None:
-    from experiments import load
+    from open_lth.experiments import load
 
     rows = [
         {"kind": "lottery", "model.model_name": "m", "pruning.pruning_fraction": 0.2},

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from open_lth.foundations.errors import UserError
-from pruning.select import count_to_prune, select
+from open_lth.pruning.select import count_to_prune, select
 
 
 def test_exact_counts() -> None:

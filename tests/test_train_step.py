@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from conftest import CIFAR, DATA, REPO
-from main import load_plugins
 from open_lth.foundations import errors, paths
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import DatasetHparams, ModelHparams, TrainingHparams
 from open_lth.foundations.model import build_model
+from open_lth.main import load_plugins
 from open_lth.training import trainer
 from open_lth.training.data import BatchesInStep, load
 from open_lth.training.evaluation import layout
@@ -328,7 +328,7 @@ def make_step(*args, **kwargs):
         step(x, y, lr)
     return crashing
 trainer.make_step = make_step
-from main import main
+from open_lth.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

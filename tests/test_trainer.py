@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import CIFAR, DATA, lenet_lottery
-from main import load_plugins
 from open_lth.foundations import errors, paths
 from open_lth.foundations.hparams import DatasetHparams, ModelHparams, TrainingHparams
 from open_lth.foundations.model import build_model
+from open_lth.main import load_plugins
 from open_lth.training import evaluation
 from open_lth.training.data import load
 from open_lth.training.schedule import lr_schedule

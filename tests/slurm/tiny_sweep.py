@@ -10,9 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.append(str(Path(__file__).resolve().parents[2]))
 
-from experiments import sweep  # noqa: E402
+from open_lth.experiments import sweep  # noqa: E402
 
 LOTTERY = [
     "--default_hparams=mnist_lenet_300_100",
