@@ -30,6 +30,8 @@ setup(
         "pandas>=2.0",
         "matplotlib>=3.7",
         "tqdm>=4.60",
+        # Tickets (main.py export): tensors and a string header, no pickle.
+        "safetensors>=0.4",
     ],
     extras_require={
         "test": ["pytest>=7", "ruff>=0.4"],

@@ -24,6 +24,7 @@ def load_plugins() -> None:
     import open_lth.models  # noqa: F401
     import open_lth.platforms  # noqa: F401
     import open_lth.pruning  # noqa: F401
+    import open_lth.tickets  # noqa: F401  (subcommand: export)
     from open_lth.lottery import pack, runner  # noqa: F401  (subcommands: lottery, pack)
     from open_lth.lottery.branches import controls, instability  # noqa: F401
     from open_lth.lottery.branches import runner as branch_runner  # noqa: F401
