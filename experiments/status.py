@@ -1,6 +1,7 @@
 """`main.py status --root=<results>`: per run of the sweeps started on that root, done,
 running, waiting or failed (with the last line of its log), from what the executors
-recorded in `<root>/sweep_jobs.jsonl` and, for Slurm, what `squeue` says now.
+recorded in `<root>/sweep_jobs.jsonl` and, for Slurm, what `squeue` says now. A root
+that no sweep started is read from its folders (open_lth.experiments.folder_status).
 
 The record is append-only, one JSON object a line (like metrics.csv: a crash loses at
 most the line being written); the newest line about a run folder wins."""
@@ -16,7 +17,6 @@ import time
 from pathlib import Path
 
 from open_lth.foundations import registries
-from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import DefaultHparams
 from open_lth.foundations.runner import Runner
 
@@ -122,10 +122,11 @@ def states(root: Path) -> list[tuple[str, dict, str]]:
 
 @registries.subcommands.register("status")
 class StatusRunner(Runner):
-    description = "Done, running, waiting or failed, per run of the sweeps on a results root."
+    description = "Done, running, crashed or waiting, per run on a results root."
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, folders: str | None = None) -> None:
         self.root = root
+        self.folders = folders  # the table read from the folders where no sweep was started
 
     @staticmethod
     def add_args(parser: argparse.ArgumentParser, defaults: DefaultHparams | None) -> None:
@@ -141,15 +142,22 @@ class StatusRunner(Runner):
     def create_from_args(cls, args: argparse.Namespace) -> StatusRunner:
         root = Path(args.root).expanduser() if args.root else None
         root = root or registries.platforms.get(args.platform).default_root()
-        if not (root / RECORD).exists():
-            raise UserError(f"no sweep was started on {root} (no {RECORD} there)")
-        return cls(root)
+        # Imported here: pandas would slow every other subcommand's start (plugins load all).
+        from open_lth.experiments import folder_status, load
+
+        root = load.check_root(root)
+        if (root / RECORD).exists():
+            return cls(root)
+        return cls(root, folder_status.table(root))  # no runs there: the error, before run()
 
     @property
     def output_location(self) -> Path:
         return self.root
 
     def run(self) -> None:
+        if self.folders is not None:
+            print(self.folders)
+            return
         rows = states(self.root)
         for state, e, detail in rows:
             where = os.path.relpath(e["location"], self.root)

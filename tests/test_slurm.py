@@ -226,4 +226,4 @@ def test_status_reads_the_record(tmp_path: Path, cli) -> None:
     assert lines[1].startswith("failed") and lines[1].endswith("error: the loss became NaN")
     assert lines[-1] == "1 done, 0 running, 1 waiting, 1 failed"
     code, _, err = cli("status", f"--root={tmp_path / 'nothing'}")
-    assert code == 2 and "no sweep was started" in err
+    assert code == 2 and "does not exist or is not a folder" in err

@@ -94,6 +94,26 @@ def torch_load(path: Path, device: torch.device | str = "cpu") -> Any:
         raise UserError(f"cannot read {path}: {first}; delete it to recompute it") from None
 
 
+def lock_held(directory: Path) -> bool:
+    """Whether a process holds `directory`'s RunLock now (for `main.py status`). Trying a
+    shared lock is the one portable test of an flock: it fails only against the run's
+    exclusive one, and is given back at once, so two readers never refuse each other."""
+    path = RunLock(directory).path
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False  # never locked
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False  # a file system without locks: nothing can tell a live run there
+    finally:
+        os.close(fd)  # closing the descriptor gives back the shared lock
+    return False
+
+
 class RunLock:
     """An exclusive lock on a run directory, held while a process works in it.
 

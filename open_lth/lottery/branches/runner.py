@@ -1,5 +1,6 @@
 """`main.py lottery_branch <name> --levels=0,3-5 <the lottery's flags> <the branch's
-flags>`: run a branch on trained levels of a lottery run."""
+flags>`: run a branch on trained levels of a lottery run. `--lottery=<its folder>` reads
+the lottery's hparams.json instead of its flags (open_lth.lottery.branches.find)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import DefaultHparams
 from open_lth.foundations.runner import Runner
 from open_lth.foundations.store import RunLock, atomic_write_json
+from open_lth.lottery.branches import find
 from open_lth.lottery.branches.base import Branch, BranchContext
 from open_lth.lottery.desc import LotteryDesc
 from open_lth.lottery.levels import Levels, check_format, level_dir, parse_levels
@@ -32,6 +34,7 @@ def branch_list() -> str:
 class BranchRunner(Runner):
     description = "Run a branch (e.g. instability analysis) on levels of a lottery run."
     branch_name: ClassVar[str] = ""
+    from_folder: ClassVar[bool] = False  # --lottery given: no lottery flag is required
 
     def __init__(self, desc: LotteryDesc, branch: Branch, job: Job, levels: list[int]) -> None:
         self.desc, self.branch, self.job, self.levels = desc, branch, job, levels
@@ -43,8 +46,9 @@ class BranchRunner(Runner):
             raise UserError("name a branch after lottery_branch; " + branch_list())
         if argv[0] not in registries.branches:
             raise UserError(f"unknown branch '{argv[0]}'; " + branch_list())
-        runner = type(f"{argv[0]}_runner", (cls,), {"branch_name": argv[0]})
-        return runner, argv[1:]
+        from_folder = any(a == "--lottery" or a.startswith("--lottery=") for a in argv)
+        attributes = {"branch_name": argv[0], "from_folder": from_folder}
+        return type(f"{argv[0]}_runner", (cls,), attributes), argv[1:]
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser, defaults: DefaultHparams | None) -> None:
@@ -52,12 +56,24 @@ class BranchRunner(Runner):
         parser.add_argument(
             "--levels", required=True, help="the lottery levels to branch from, e.g. 0,3-5"
         )
+        parser.add_argument(
+            "--lottery",
+            metavar="PATH",
+            help="the lottery's folder (lottery_<hash> or its replicate_<r>) instead of its flags",
+        )
+        before = len(parser._actions)
         LotteryDesc.add_args(parser, defaults)
+        if cls.from_folder:  # the values come from the folder's hparams.json
+            for action in parser._actions[before:]:
+                action.required = False
         registries.branches.get(cls.branch_name).hparams_type.add_args(parser)
 
     @classmethod
     def create_from_args(cls, args: argparse.Namespace) -> BranchRunner:
-        desc = LotteryDesc.create_from_args(args)
+        if args.lottery is not None:
+            desc = find.from_folder(args)  # it also sets args.root and args.replicate
+        else:
+            desc = LotteryDesc.create_from_args(args)
         check_names(desc)
         strategy = registries.strategies.get(desc.pruning.pruning_strategy)
         levels = parse_levels(args.levels)
@@ -90,6 +106,8 @@ class BranchRunner(Runner):
 
     def run(self) -> None:
         missing = [L for L in self.levels if not stage.is_done(level_dir(self.replicate_dir, L))]
+        if missing and not self.replicate_dir.parent.exists():
+            raise find.no_such_run(self.job.platform.root, self.desc)
         if missing:
             raise UserError(
                 f"level {missing[0]} of {self.replicate_dir} is not trained yet; run the lottery "
