@@ -265,12 +265,13 @@ class Scoring:
 
 
 def scoring_inputs(
-    ctx: PruneContext, hparams: ExamplesHparams, name: str, ignore: list[str]
+    ctx: PruneContext, hparams: ExamplesHparams, name: str, ignore: list[str], batchnorm: str
 ) -> Scoring:
-    """A copy of the starting network (BatchNorm in train mode, as the released codes
-    leave it), the masked starting weights, the scored weights' names, the examples, and
-    the level's batch size as the chunk."""
+    """A copy of the starting network with BatchNorm in `batchnorm` mode ("eval": the
+    running statistics; "train": the examples' own), the masked starting weights, the
+    names of the prunable weights outside `ignore`, the examples, and the level's batch
+    size as the chunk."""
     x, y = examples(ctx, hparams, name)
-    net = copy.deepcopy(ctx.start_model).train().requires_grad_(False)
+    net = copy.deepcopy(ctx.start_model).train(batchnorm == "train").requires_grad_(False)
     names = [n for n in ctx.mask if n not in ignore]
     return Scoring(net, masked_start(ctx), names, x, y, ctx.batch_size)

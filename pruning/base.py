@@ -8,13 +8,14 @@ import torch
 
 from open_lth.foundations.hparams import PruningHparams
 from open_lth.foundations.masks import Mask
+from open_lth.foundations.model import Model
 from open_lth.lottery.strategy import PruneContext, Strategy
 from open_lth.pruning.select import kept_count, select
 
 
 class ScoreStrategy(Strategy):
     @classmethod
-    def changed_since(cls, made: int, pruning: PruningHparams) -> str | None:
+    def changed_since(cls, made: int, pruning: PruningHparams, model: Model) -> str | None:
         ignored = pruning.ignored
         if made >= 2 or pruning.pruning_scope != "global" or not ignored:
             return None

@@ -142,7 +142,7 @@ class GemMinerStrategy(Strategy):
     description = "Gem-Miner: train scores of the frozen initial weights, prune to --target_density"
 
     @classmethod
-    def changed_since(cls, made: int, pruning: PruningHparams) -> str | None:
+    def changed_since(cls, made: int, pruning: PruningHparams, model: Model) -> str | None:
         if made >= 2:
             return None
         return (

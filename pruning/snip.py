@@ -1,8 +1,13 @@
 """SNIP (Lee et al. 2019, "Single-shot Network Pruning based on Connection
 Sensitivity"): score |∂L/∂w ⊙ w| at the starting weights, L the mean cross-entropy on
 --pai_examples training examples (10 per class by default, as GraSP's code feeds its
-SNIP), kept highest. BatchNorm normalizes with the examples' statistics (train mode, as
-the released codes leave the network), on a copy: the level's weights are untouched."""
+SNIP), kept highest, on a copy: the level's weights are untouched.
+
+BatchNorm (--snip_batchnorm): eval by default, normalizing with the running statistics,
+as its authors' code (snip-public builds the scoring network with is_train=False) and
+Synaptic-Flow (model.eval()) do; train normalizes with the examples' own statistics, as
+the Missing-the-Mark fork does. The two masks differ widely on a BatchNorm network (48%
+overlap on ResNet-20); a network without BatchNorm gets the same mask from both."""
 
 from __future__ import annotations
 
@@ -15,14 +20,28 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from open_lth.foundations import registries
+from open_lth.foundations.hparams import PruningHparams, _choice, hp
+from open_lth.foundations.model import Model
+from open_lth.lottery.levels import has_batchnorm
 from open_lth.lottery.strategy import PruneContext
 from open_lth.pruning.at_init import AtInitStrategy, ExamplesHparams, Scoring, scoring_inputs
 
 
 @dataclass
 class SnipHparams(ExamplesHparams):
+    snip_batchnorm: str = hp(
+        "eval",
+        "snip: BatchNorm mode of the scoring pass: eval (running statistics, as its authors' "
+        "code and Synaptic-Flow) or train (the examples' statistics, as the Missing-the-Mark "
+        "fork)",
+    )
+
     _name: ClassVar[str] = "SNIP Hyperparameters"
     _description: ClassVar[str] = "Connection sensitivity at initialization."
+
+    def validate(self) -> None:
+        super().validate()
+        _choice(self.snip_batchnorm, "snip_batchnorm", ("eval", "train"))
 
 
 def chunk_losses(
@@ -58,5 +77,17 @@ class Snip(AtInitStrategy):
     hparams_type = SnipHparams
     description = "SNIP: |dL/dw · w| at the starting weights on --pai_examples, one shot"
 
+    @classmethod
+    def changed_since(cls, made: int, pruning: PruningHparams, model: Model) -> str | None:
+        if made >= 3 or not has_batchnorm(model):
+            return None
+        return (
+            "SNIP scored with BatchNorm in train mode (the examples' statistics), it now "
+            "scores in eval mode as its authors' code does; for the old behaviour add "
+            "--snip_batchnorm=train (a new run folder), or move this one away to recompute it"
+        )
+
     def scores(self, ctx: PruneContext, ignore: list[str]) -> dict[str, torch.Tensor]:
-        return snip_scores(scoring_inputs(ctx, self.settings, "snip", ignore))
+        settings = self.settings
+        inputs = scoring_inputs(ctx, settings, "snip", ignore, settings.snip_batchnorm)
+        return snip_scores(inputs)

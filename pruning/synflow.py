@@ -2,10 +2,14 @@
 iteratively conserving synaptic flow"): data-free. With every parameter and buffer
 replaced by its absolute value (the released `linearize`), R = 1ᵀ(∏ₗ|Wₗ|)1 is the sum
 of the network's output on an all-ones input, and the score is |∂R/∂w ⊙ w|, kept
-highest. As the released code: BatchNorm in eval mode, float64, and --synflow_rounds
-rounds (100) that each re-score the survivors and prune to the next density of an
-exponential schedule, n₀·(target/n₀)^(r/R) kept after round r, the last exactly the
-target (the same rounding as Gem-Miner's events).
+highest. As the released code: BatchNorm in eval mode and --synflow_rounds rounds (100)
+that each re-score the survivors and prune to the next density of an exponential
+schedule, n₀·(target/n₀)^(r/R) kept after round r, the last exactly the target (the
+same rounding as Gem-Miner's events).
+
+In float64, the Missing-the-Mark fork's choice (R is a product over every layer: float64
+gives it range). Synaptic-Flow's current code scores in
+float32 (its float64 commit was reverted): --synflow_float32.
 
 Only the input's shape is needed: the training set's example shape where there is
 one, else the first layer's input width (a network of linear layers)."""
@@ -31,6 +35,11 @@ from open_lth.pruning.gem_miner import kept_after
 @dataclass
 class SynflowHparams(AtInitHparams):
     synflow_rounds: int = hp(100, "synflow: rounds of the exponential schedule (the released 100)")
+    synflow_float32: bool = hp(
+        False,
+        "synflow: score in float32, as Synaptic-Flow's current code (default float64, the "
+        "Missing-the-Mark fork's)",
+    )
 
     _name: ClassVar[str] = "SynFlow Hyperparameters"
     _description: ClassVar[str] = "Iterative synaptic flow pruning, without data."
@@ -50,9 +59,9 @@ def input_shape(ctx: PruneContext) -> tuple[int, ...]:
     return (first.in_features,)
 
 
-def linearized(model: torch.nn.Module) -> torch.nn.Module:
-    """A float64 copy in eval mode whose every parameter and buffer is |value|."""
-    net = copy.deepcopy(model).double().eval().requires_grad_(False)
+def linearized(model: torch.nn.Module, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
+    """A copy in `dtype` and eval mode whose every parameter and buffer is |value|."""
+    net = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
     with torch.no_grad():
         for value in net.state_dict().values():
             if value.is_floating_point():
@@ -69,7 +78,8 @@ def synflow_scores(
         n: (params[n] * mask[n].to(params[n].device, params[n].dtype)).requires_grad_()
         for n in names
     }
-    ones = torch.ones((1, *shape), dtype=torch.float64, device=params[names[0]].device)
+    first = params[names[0]]
+    ones = torch.ones((1, *shape), dtype=first.dtype, device=first.device)
     r = functional_call(net, {**params, **weights}, (ones,)).sum()
     grads = torch.autograd.grad(r, [weights[n] for n in names])
     return {n: (g * weights[n]).detach().abs() for n, g in zip(names, grads, strict=True)}
@@ -80,14 +90,18 @@ class Synflow(AtInitStrategy):
     hparams_type = SynflowHparams
     description = "SynFlow: data-free |dR/dw · w|, --synflow_rounds rounds to --target_density"
 
+    def _linearized(self, ctx: PruneContext) -> torch.nn.Module:
+        dtype = torch.float32 if self.settings.synflow_float32 else torch.float64
+        return linearized(ctx.start_model, dtype)
+
     def scores(self, ctx: PruneContext, ignore: list[str]) -> dict[str, torch.Tensor]:
-        net = linearized(ctx.start_model)
+        net = self._linearized(ctx)
         names = [n for n in ctx.mask if n not in ignore]
         return synflow_scores(net, ctx.mask, names, input_shape(ctx))
 
     def prune(self, ctx: PruneContext, ignore: list[str]) -> Mask:
         _, target = target_kept(self._density(), ctx.mask, ignore, ctx.pruning)
-        net = linearized(ctx.start_model)
+        net = self._linearized(ctx)
         names = [n for n in ctx.mask if n not in ignore]
         shape = input_shape(ctx)
         mask = {n: m.clone() for n, m in ctx.mask.items()}

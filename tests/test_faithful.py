@@ -13,7 +13,7 @@ import torch
 from conftest import CIFAR, lenet_lottery
 from open_lth.cli import Parser
 from open_lth.experiments import load
-from open_lth.foundations import paths, registries
+from open_lth.foundations import formats, paths, registries
 from open_lth.foundations.hparams import ModelHparams
 from open_lth.foundations.model import build_model
 from open_lth.foundations.store import atomic_torch_save
@@ -170,7 +170,7 @@ def test_a_folder_of_the_old_count_is_refused_and_left_alone(cli, tmp_path: Path
     flags = ["--pruning_layers_to_ignore=fc.weight"]
     assert cli(*small_lottery(tmp_path, *flags, "--levels=1"))[0] == 0
     (level1,) = tmp_path.glob("lottery_*/replicate_1/level_1/main")
-    assert json.loads((level1 / "hparams.json").read_text())["format"] == 2
+    assert json.loads((level1 / "hparams.json").read_text())["format"] == formats.FORMAT
     make_format_1(tmp_path)
     before = snapshot(tmp_path)
     for extra in (["--levels=2"], ["--levels=1"], ["--levels=1", "--summary"]):
@@ -201,7 +201,7 @@ def test_folders_the_changes_do_not_touch_are_used(cli, tmp_path: Path) -> None:
     code, _, err = cli(*small_lottery(tmp_path / "b", "--levels=2"))
     assert code == 0, err
     (level2,) = (tmp_path / "b").glob("lottery_*/replicate_1/level_2/main")
-    assert json.loads((level2 / "hparams.json").read_text())["format"] == 2
+    assert json.loads((level2 / "hparams.json").read_text())["format"] == formats.FORMAT
 
 
 # --- controls, branch records, the best accuracy ---
@@ -225,7 +225,7 @@ def test_randomly_reinitialize_starts_at_the_levels_start(cli, tmp_path: Path) -
     assert (branch / "main" / "weights_it100.pt").exists()
     assert not (branch / "main" / "weights_it0.pt").exists()
     record = json.loads((branch / "hparams.json").read_text())
-    assert record["start_iteration"] == 100 and record["format"] == 2
+    assert record["start_iteration"] == 100 and record["format"] == formats.FORMAT
     summary = json.loads((branch / "main" / "summary.json").read_text())
     assert summary["start_iteration"] == 100
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import io
 import json
@@ -18,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from conftest import DATA, LENET, lenet_lottery
 from open_lth.cli import run as run_main
@@ -28,8 +30,20 @@ from open_lth.foundations.model import build_model
 from open_lth.lottery.levels import check_level_mask, level_dir
 from open_lth.lottery.strategy import PruneContext
 from open_lth.main import load_plugins
-from open_lth.pruning.at_init import MagnitudeAtInitHparams, Scoring, balanced_examples, target_kept
-from open_lth.pruning.grasp import GraspHparams, grasp_scores, hessian_gradient_product
+from open_lth.pruning.at_init import (
+    MagnitudeAtInitHparams,
+    Scoring,
+    balanced_examples,
+    examples,
+    scoring_inputs,
+    target_kept,
+)
+from open_lth.pruning.grasp import (
+    GraspHparams,
+    grasp_scores,
+    hessian_gradient_product,
+    reinitialize_linear,
+)
 from open_lth.pruning.snip import SnipHparams, mean_loss_gradient, snip_scores
 from open_lth.pruning.synflow import SynflowHparams, linearized, synflow_scores
 from open_lth.training.data import DeviceData
@@ -461,3 +475,143 @@ def test_a_folder_made_before_allow_layer_collapse_shares_the_setting() -> None:
     assert frame.pipe(load._settings).nunique() == 1
     frame["pruning.allow_layer_collapse"] = [True, np.nan]
     assert frame.pipe(load._settings).nunique() == 2
+
+
+# --- faithful to the released code: SNIP's BatchNorm mode, GraSP's reinit and H g ---
+
+
+def resnet_context(tmp_path: Path, batch_size: int = 64) -> PruneContext:
+    """A ResNet-8 (convolutions, BatchNorm, a linear output) and 40 random CIFAR-like
+    examples; one chunk holds them all, so train mode's statistics are the examples'."""
+    hp = ModelHparams("cifar_resnet_8", "kaiming_normal", "uniform")
+    start = build_model(hp, 10, seed=1)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 32, 32), generator=g, dtype=torch.uint8)
+    train = DeviceData(images, torch.arange(40) % 10, (0.5,) * 3, (0.25,) * 3, None, 4, CPU)
+    p = PruningHparams("snip")
+    return PruneContext(
+        start, masks.dense(start), train, p, 5, 1, start, batch_size, tmp_path, True
+    )
+
+
+def snip_by_hand(ctx: PruneContext, hparams: SnipHparams, train: bool) -> dict[str, torch.Tensor]:
+    """|∂L/∂w ⊙ w| with plain autograd on a copy in the given BatchNorm mode."""
+    net = copy.deepcopy(ctx.start_model).train(train)
+    x, y = examples(ctx, hparams, "snip")
+    names = list(ctx.mask)
+    params = dict(net.named_parameters())
+    grads = torch.autograd.grad(F.cross_entropy(net(x), y), [params[n] for n in names])
+    return {n: (g * params[n]).abs().detach() for n, g in zip(names, grads, strict=True)}
+
+
+def test_snip_scores_with_batchnorm_in_eval_mode_by_default(tmp_path: Path) -> None:
+    """Its authors' code (snip-public: is_train=False) and Synaptic-Flow score in eval
+    mode; --snip_batchnorm=train is the Missing-the-Mark fork's mode."""
+    ctx = resnet_context(tmp_path)
+    default = SnipHparams(target_density=0.1, pai_examples=20)
+    assert default.snip_batchnorm == "eval"
+    train = SnipHparams(target_density=0.1, pai_examples=20, snip_batchnorm="train")
+    by_mode = {}
+    for hparams, is_train in ((default, False), (train, True)):
+        scores = registries.strategies.get("snip")(hparams).scores(ctx, [])
+        hand = snip_by_hand(ctx, hparams, is_train)
+        for n in hand:
+            torch.testing.assert_close(scores[n], hand[n], rtol=1e-4, atol=1e-9)
+        by_mode[is_train] = scores
+    assert not torch.allclose(by_mode[False]["conv.weight"], by_mode[True]["conv.weight"])
+    assert ctx.start_model.training  # the level's network is left as it was
+
+
+def test_snip_batchnorm_is_eval_or_train() -> None:
+    with pytest.raises(UserError, match="--snip_batchnorm must be one of eval, train"):
+        SnipHparams(target_density=0.1, snip_batchnorm="inference").validate()
+
+
+def grasp_by_hand(ctx: PruneContext, hparams: GraspHparams, weights: dict) -> dict:
+    """w ⊙ H g (the negation of GraSP's score) with H and g over EVERY conv and linear
+    weight, by plain autograd on one batch (no chunks), as the released code."""
+    net = copy.deepcopy(ctx.start_model).train()
+    x, y = examples(ctx, hparams, "grasp")
+    names = list(ctx.mask)
+    leaves = [weights[n].clone().requires_grad_() for n in names]
+
+    def loss() -> torch.Tensor:
+        out = functional_call(net, {**weights, **dict(zip(names, leaves, strict=True))}, (x,))
+        return F.cross_entropy(out / hparams.grasp_temperature, y)
+
+    g = [t.detach() for t in torch.autograd.grad(loss(), leaves)]
+    grads = torch.autograd.grad(loss(), leaves, create_graph=True)
+    z = sum((a * b).sum() for a, b in zip(grads, g, strict=True))
+    hg = torch.autograd.grad(z, leaves)
+    return {n: (weights[n] * h).detach() for n, h in zip(names, hg, strict=True)}
+
+
+def test_grasp_hessian_gradient_product_runs_over_the_ignored_layers_too(tmp_path: Path) -> None:
+    """The released code differentiates every conv and linear weight; only the layers
+    outside the ignore list are scored."""
+    ctx = context("grasp", data(), tmp_path)
+    ctx = dataclasses.replace(ctx, batch_size=100)  # one chunk, as the hand computation
+    hparams = GraspHparams(target_density=0.2)
+    scores = registries.strategies.get("grasp")(hparams).scores(ctx, ["fc.weight"])
+    assert "fc.weight" not in scores
+    weights = {n: p.detach().clone() for n, p in ctx.start_model.named_parameters()}
+    hand = grasp_by_hand(ctx, hparams, weights)
+    for n in scores:
+        torch.testing.assert_close(scores[n], hand[n], rtol=1e-3, atol=1e-12)
+
+
+def test_grasp_reinit_redraws_the_linear_layers_of_the_scoring_copy_only(tmp_path: Path) -> None:
+    ctx = resnet_context(tmp_path)
+    saved = {k: v.clone() for k, v in ctx.start_model.state_dict().items()}
+    s = scoring_inputs(ctx, GraspHparams(target_density=0.1, pai_examples=20), "grasp", [], "train")
+    ctx.mask["fc.weight"][0, :5] = False  # a pruned weight stays pruned
+    before = {n: w.clone() for n, w in s.weights.items()}
+    reinitialize_linear(s, ctx.mask, seed=3)
+    for n, w in s.weights.items():
+        assert torch.equal(w, before[n]) == (n != "fc.weight"), n  # convs, BatchNorm kept
+    fc = s.weights["fc.weight"]
+    assert not fc[0, :5].any() and fc[1].all()
+    fan_out, fan_in = fc.shape  # Xavier normal: std √(2 / (fan_in + fan_out))
+    assert abs(fc[1:].std().item() / (2 / (fan_in + fan_out)) ** 0.5 - 1) < 0.2
+    # The flag scores at the redrawn weights; the level's network is untouched.
+    strategy = registries.strategies.get("grasp")
+    hp = GraspHparams(target_density=0.1, pai_examples=20)
+    on = strategy(dataclasses.replace(hp, grasp_reinit=True)).scores(ctx, ["fc.weight"])
+    off = strategy(hp).scores(ctx, ["fc.weight"])
+    assert not torch.allclose(on["conv.weight"], off["conv.weight"])
+    assert all(torch.equal(v, saved[k]) for k, v in ctx.start_model.state_dict().items())
+
+
+def test_synflow_float32_flag(tmp_path: Path) -> None:
+    ctx = context("synflow", None, tmp_path)
+    strategy = registries.strategies.get("synflow")
+    single = strategy(SynflowHparams(0.1, synflow_float32=True)).scores(ctx, [])
+    double = strategy(SynflowHparams(0.1)).scores(ctx, [])
+    for n in double:
+        assert single[n].dtype == torch.float32 and double[n].dtype == torch.float64
+        torch.testing.assert_close(single[n].double(), double[n], rtol=1e-3, atol=0)
+
+
+def test_folders_of_format_2_that_the_changes_touch_are_refused() -> None:
+    lenet = build_model(ModelHparams("mnist_lenet_30_20", "kaiming_normal", "uniform"), 10)
+    resnet = build_model(ModelHparams("cifar_resnet_8", "kaiming_normal", "uniform"), 10)
+    snip, grasp = registries.strategies.get("snip"), registries.strategies.get("grasp")
+    assert "--snip_batchnorm=train" in snip.changed_since(2, PruningHparams("snip"), resnet)
+    assert snip.changed_since(2, PruningHparams("snip"), lenet) is None  # no BatchNorm
+    assert snip.changed_since(3, PruningHparams("snip"), resnet) is None
+    ignoring = PruningHparams("grasp", pruning_layers_to_ignore="fc.weight")
+    assert "every conv and linear weight" in grasp.changed_since(2, ignoring, resnet)
+    assert grasp.changed_since(2, PruningHparams("grasp"), resnet) is None  # none ignored
+
+
+def test_new_flags_keep_existing_names() -> None:
+    # Computed before --snip_batchnorm, --grasp_reinit and --synflow_float32 were added.
+    resnet = ["lottery", "--default_hparams=cifar_resnet_20", "--levels=8"]
+    assert (
+        location(*resnet, "--pruning_strategy=snip") == "lottery_f131c5aa4abb4b8420bc8870ac208f54"
+    )
+    grasp = [*resnet, "--pruning_strategy=grasp"]
+    assert location(*grasp) == "lottery_293ae647203f8140ec4847098ea8496c"
+    assert location(*grasp, "--grasp_reinit") != location(*grasp)
+    synflow = ["lottery", LENET, "--pruning_strategy=synflow", "--target_density=0.05"]
+    assert location(*synflow) == "lottery_fd4fa8f345b653a5018e1df0f5aa6734"

@@ -12,6 +12,9 @@ change does not touch are used as before.
         (open_lth's sparse_global); randomly_reinitialize starts at the level's start
         step k (open_lth); Gem-Miner's search as published (BatchNorm without affine
         parameters, the output layer scored, the released schedule and λ)
+    3   SNIP scores with BatchNorm in eval mode (its authors' code; --snip_batchnorm=train
+        for the old mode); GraSP's Hessian-gradient product runs over every conv and
+        linear weight, the ignored layers' included (its released code)
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from pathlib import Path
 
 from open_lth.foundations.errors import UserError
 
-FORMAT = 2
+FORMAT = 3
 KEY = "format"
 LAST_OF_FORMAT_1 = "64ffa90"
+LAST_OF_FORMAT_2 = "55d265f"
 
 
 def of(directory: Path) -> int | None:

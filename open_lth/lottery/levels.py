@@ -219,11 +219,16 @@ def check_format(desc: LotteryDesc, replicate_dir: Path) -> None:
     description computes (see open_lth.foundations.formats). Level 0, the dense run, is the same
     under every format."""
     strategy = registries.strategies.get(desc.pruning.pruning_strategy)
+    model = None
     for level in existing_levels(replicate_dir):
         out = level_dir(replicate_dir, level)
         made = formats.of(out)
         if level == 0 or made is None or made >= formats.FORMAT:
             continue
-        what = strategy.changed_since(made, desc.pruning)
+        # A change may touch some networks only (SNIP's BatchNorm mode): built once, and
+        # only for an old folder.
+        if model is None:
+            model = build_model(desc.model)
+        what = strategy.changed_since(made, desc.pruning, model)
         if what:
             raise formats.refuse(out, made, what)

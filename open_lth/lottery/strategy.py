@@ -56,10 +56,11 @@ class Strategy(abc.ABC):
         return hparams
 
     @classmethod
-    def changed_since(cls, made: int, pruning: PruningHparams) -> str | None:
+    def changed_since(cls, made: int, pruning: PruningHparams, model: Model) -> str | None:
         """What a lottery level made under the rules of format `made` computed
-        differently for this description (its pruned levels), or None if nothing; the
-        text says how to get the old behaviour (see open_lth.foundations.formats)."""
+        differently for this description (its pruned levels) on `model` (a fresh
+        network of the run's kind), or None if nothing; the text says how to
+        get the old behaviour (see open_lth.foundations.formats)."""
         return None
 
     def __init__(self, hparams: Hparams | None = None) -> None:
