@@ -2,8 +2,8 @@
 
 On a CPU the static-buffer step runs eagerly and must equal the eager step to the bit,
 which guards the graph path's logic in CI. The tests marked `cuda` run where a GPU is:
-graph against eager, a capture that fails, files that open without CUDA, and a killed
-GPU run resumed (bit-identical with --deterministic)."""
+graph against eager, the --fp16 scaled step in a graph, a capture that fails, files that
+open without CUDA, and a killed GPU run resumed (bit-identical with --deterministic)."""
 
 from __future__ import annotations
 
@@ -277,6 +277,38 @@ def test_a_replayed_graph_draws_its_own_batches(copies: int, monkeypatch) -> Non
     torch.testing.assert_close(eager_parts.correct, graph_parts.correct, rtol=0, atol=2)
 
 
+@cuda
+@pytest.mark.parametrize("spec", [LENET, RESNET], ids=["lenet-adam", "resnet8-sgd"])
+@pytest.mark.parametrize("copies", [1, 2])
+def test_the_fp16_step_replays_from_a_graph(spec: tuple, copies: int, monkeypatch) -> None:
+    """--fp16's scaled step is captured (no fallback) and follows the eager scaled step;
+    an infinite gradient injected inside a replay (a device tensor the graph reads)
+    skips the step there too: weights unchanged, scale halved."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    gpu = torch.device("cuda")
+    data = batches(spec, copies, gpu, WARMUP_STEPS + 5)
+    nets, scalers, poison = [], [], torch.zeros((), device=gpu)
+    for graphed in (False, True):
+        parts, net = parts_for(spec, copies, gpu)
+        parts.scaler = torch.amp.GradScaler("cuda")
+        next(net.parameters()).register_hook(lambda g: g + poison)
+        step = make_step(parts, "on", gpu, "Model") if graphed else EagerStep(parts)
+        for i, (x, y, lr) in enumerate(data):
+            poison.fill_(torch.inf if i == len(data) - 1 else 0.0)
+            before = [p.detach().clone() for p in net.parameters()]
+            step(x, y, lr)
+        assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+        nets.append(net)
+        scalers.append(parts.scaler)
+    assert step.step.graph is not None  # replayed, not fallen back to eager
+    assert scalers[0].get_scale() == scalers[1].get_scale() == 2.0**15
+    for (name, a), b in zip(nets[0].state_dict().items(), nets[1].state_dict().values()):
+        if a.is_floating_point():
+            assert (a - b).norm() <= 1e-2 * a.norm() + 1e-5, name  # float16 sums
+        else:
+            assert torch.equal(a, b), name
+
+
 class Syncs(torch.nn.Module):
     """A model that reads a value back to the host in its forward: not capturable."""
 
@@ -358,10 +390,13 @@ def gpu_run(root: Path, spec: tuple, extra: list[str], crash_after: int | None =
 
 @cuda
 @pytest.mark.parametrize(
-    "spec,deterministic", [(RESNET, True), (LENET, False)], ids=["resnet8-deterministic", "lenet"]
+    "spec,extra",
+    [(RESNET, ["--deterministic"]), (LENET, []), (RESNET, ["--deterministic", "--fp16"])],
+    ids=["resnet8-deterministic", "lenet", "resnet8-fp16-deterministic"],
 )
-def test_a_killed_gpu_run_resumes(tmp_path: Path, spec: tuple, deterministic: bool) -> None:
-    extra = ["--deterministic"] if deterministic else []
+def test_a_killed_gpu_run_resumes(tmp_path: Path, spec: tuple, extra: list[str]) -> None:
+    """With --fp16 the loss scaler's state comes back from the checkpoint too."""
+    deterministic = "--deterministic" in extra
     gpu_run(tmp_path / "straight", spec, extra)
     gpu_run(tmp_path / "killed", spec, extra, crash_after=250)
     (killed,) = (tmp_path / "killed").glob("train_*/replicate_1/main")

@@ -220,6 +220,11 @@ class TrainingHparams(Hparams):
     warmup_steps: str | None = hp(None, "linear learning rate warmup over these steps")
     weight_decay: float | None = hp(None, "L2 weight decay")
     bf16: bool = hp(False, "bf16 autocast on a GPU (changes the numbers)")
+    fp16: bool = hp(
+        False,
+        "float16 autocast on a GPU with a dynamic loss scaler, for GPUs without bfloat16 "
+        "(a T4); on a CPU only the scaler runs (changes the numbers)",
+    )
     compile: bool = hp(False, "torch.compile the model (slower first step)")
 
     _name: ClassVar[str] = "Training Hyperparameters"
@@ -236,6 +241,8 @@ class TrainingHparams(Hparams):
             raise UserError(f"--weight_decay must be non-negative, got {self.weight_decay}")
         if self.milestone_steps and self.gamma is None:
             raise UserError("--milestone_steps needs --gamma")
+        if self.fp16 and self.bf16:
+            raise UserError("--fp16 and --bf16 exclude each other; pick one")
 
 
 @dataclass

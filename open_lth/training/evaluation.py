@@ -17,6 +17,7 @@ def evaluate_copies(
     copies: int = 1,
     batch_size: int | None = None,
     bf16: bool = False,
+    fp16: bool = False,
 ) -> list[tuple[float, float]]:
     """Mean loss and accuracy of each copy of a (stacked) network over a split, in eval
     mode, with one sync at the end."""
@@ -25,7 +26,7 @@ def evaluate_copies(
     net.eval()
     loss_sum = torch.zeros(copies, device=data.device, dtype=torch.float64)
     correct = torch.zeros(copies, device=data.device, dtype=torch.int64)
-    with torch.inference_mode(), autocast(data.device, bf16):
+    with torch.inference_mode(), autocast(data.device, bf16, fp16=fp16):
         for start in range(0, len(data), batch_size):
             index = torch.arange(start, min(start + batch_size, len(data)), device=data.device)
             x, y = data.batch(index)
@@ -97,9 +98,25 @@ def note_bf16(device: torch.device) -> None:
         note_once(f"bf16 {device}", note)
 
 
+def fp16_note(device: torch.device) -> str | None:
+    """Why --fp16 is only half on `device`: on a CPU autocast stays off (float16 matmuls
+    there are slow or missing), while the loss scaler runs as on a GPU."""
+    if device.type != "cuda":
+        return f"--fp16 on {device}: autocast is off (float32); only the loss scaler runs"
+    return None
+
+
+def note_fp16(device: torch.device) -> None:
+    """`fp16_note`, once per process and device."""
+    note = fp16_note(device)
+    if note is not None:
+        note_once(f"fp16 {device}", note)
+
+
 def autocast(
-    device: torch.device, bf16: bool, cache: bool = True
+    device: torch.device, bf16: bool, cache: bool = True, fp16: bool = False
 ) -> contextlib.AbstractContextManager:
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
+    if (bf16 or fp16) and device.type == "cuda":
+        dtype = torch.float16 if fp16 else torch.bfloat16
+        return torch.autocast("cuda", dtype=dtype, cache_enabled=cache)
     return contextlib.nullcontext()

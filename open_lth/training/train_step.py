@@ -12,6 +12,12 @@ schedule of an eager one.
 
 `StaticStep(capture=False)` runs the same static-buffer code eagerly; on a CPU it is the
 test that guards the graph path's logic (it must equal `EagerStep`).
+
+With --fp16 a `torch.amp.GradScaler` scales the loss, and the fused SGD and Adam take
+its scale and found-inf flag as device tensors: they unscale, and skip a step whose
+gradients are not finite (Adam's step count too), inside the kernel; `update` halves
+or grows the scale with `torch._amp_update_scale_`, in place. Nothing reads a value
+back to the host, so the scaled step is captured in the graph like any other.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class StepParts:
     bf16: bool
     loss_sum: torch.Tensor
     correct: torch.Tensor
+    # --fp16: float16 autocast (on CUDA) and this loss scaler (one for the K copies).
+    scaler: torch.amp.GradScaler | None = None
     # Draws the batch inside the step when the caller passes none (x, y = None).
     source: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
     # A Lanes network's CUDA streams, one a lane (made at its first step).
@@ -65,11 +73,13 @@ def _forward_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs (N, K, classes) and mean losses (K) of `net`'s K copies; their gradients."""
     forward = parts.forward if net is parts.net else net
-    with autocast(x.device, parts.bf16, cache):
+    fp16 = parts.scaler is not None
+    with autocast(x.device, parts.bf16, cache, fp16):
         output = split_output(forward(layout(net, x)), copies).float()
         losses = per_copy_loss(output, y).mean(0)
     # Summed over copies: each copy's gradient is that of its own mean loss.
-    losses.sum().backward()
+    total = losses.sum()
+    (parts.scaler.scale(total) if fp16 else total).backward()
     return output.detach(), losses.detach()
 
 
@@ -112,7 +122,13 @@ def _body(parts: StepParts, x: Batch, y: Batch, cache: bool = True) -> None:
         # they stay exactly zero through the optimizer step.
         grads = [p.grad for p, _ in parts.masked]
         torch._foreach_mul_(grads, [m for _, m in parts.masked])
-    parts.optimizer.step()
+    if parts.scaler is None:
+        parts.optimizer.step()
+    else:
+        # A step with a non-finite gradient changes neither the weights nor the
+        # optimizer's state; the scale halves (and grows after 2,000 finite steps).
+        parts.scaler.step(parts.optimizer)
+        parts.scaler.update()
     parts.loss_sum += losses.double()
     parts.correct += (output.argmax(-1) == y).sum(0)
 
@@ -263,4 +279,8 @@ class FallbackStep:
         parts = self.step.parts
         parts.optimizer.zero_grad(set_to_none=True)
         set_capturable(parts.optimizer, False)
+        if parts.scaler is not None:
+            # The failed capture may have left the scaler between its step and update;
+            # setting the scale it holds clears that and keeps the scale.
+            parts.scaler.update(parts.scaler.get_scale())
         self.eager = EagerStep(parts)

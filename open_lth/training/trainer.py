@@ -28,7 +28,12 @@ from open_lth.foundations.step import Step
 from open_lth.foundations.store import atomic_torch_save
 from open_lth.training.checkpoints import Checkpoints
 from open_lth.training.data import BatchesInStep, DeviceData, derive_seed
-from open_lth.training.evaluation import evaluate_copies, note_bf16, uses_channels_last
+from open_lth.training.evaluation import (
+    evaluate_copies,
+    note_bf16,
+    note_fp16,
+    uses_channels_last,
+)
 from open_lth.training.metrics import MetricLogger
 from open_lth.training.schedule import build_optimizer, lr_schedule
 from open_lth.training.stacked import Lanes, stack, stack_state, unstack_state
@@ -160,6 +165,8 @@ def train_copies(
 
     if hparams.bf16:
         note_bf16(device)
+    if hparams.fp16:
+        note_fp16(device)
     net = models[0] if k == 1 else stack(models, lanes(k, checkpoint_path, options)).to(device)
     if isinstance(net, Lanes) and hparams.compile:
         raise UserError("--pack_streams does not combine with --compile; leave one out")
@@ -173,6 +180,10 @@ def train_copies(
         return [state] if k == 1 else unstack_state(state, net)
 
     state = _State(device, k)
+    if hparams.fp16:
+        # One scale for the pack: the K copies share one optimizer, whose fused kernels
+        # take one found-inf flag, and Adam's step count is one per stacked tensor.
+        state.scaler = torch.amp.GradScaler(device.type)
     live = lambda: [j for j in range(k) if j not in state.diverged]  # noqa: E731
 
     def save_weights(iteration: int) -> None:
@@ -244,7 +255,7 @@ def train_copies(
 
     parts = StepParts(
         net, step_net, optimizer, _mask_pairs(net, mask), k, hparams.bf16,
-        state.loss_sum, state.correct,
+        state.loss_sum, state.correct, scaler=state.scaler,
     )  # fmt: skip
     # DDP's gradient all-reduce does not go into a CUDA graph: its steps run eagerly.
     graphs = "off" if distributed.active() else options.cuda_graphs
@@ -356,11 +367,12 @@ class _State:
         self.diverged: dict[int, str] = {}
         self.last_train_loss: float | None = None
         self.last_test_acc: float | None = None
+        self.scaler: torch.amp.GradScaler | None = None
 
     def dump(self, copy: int | None = None) -> dict:
         """The whole state (one job), or one copy's as if it ran alone."""
         one = slice(None) if copy is None else slice(copy, copy + 1)
-        return {
+        out = {
             "iteration": self.iteration,
             "wall_seconds": self.wall_before[copy or 0] + self.wall,
             "loss_sum": self.loss_sum[one],
@@ -368,6 +380,9 @@ class _State:
             "seen": self.seen,
             "steps": self.steps,
         }
+        if self.scaler is not None:  # the pack's one scale, in each copy's file
+            out["grad_scaler"] = self.scaler.state_dict()
+        return out
 
     def load(self, ckpts: list[dict]) -> None:
         """From one checkpoint (one job) or one per copy (a pack)."""
@@ -381,6 +396,12 @@ class _State:
         self.correct.copy_(torch.cat([c["correct"].reshape(-1) for c in ckpts]))
         self.seen = int(first["seen"])
         self.steps = int(first["steps"])
+        saved = [c["grad_scaler"] for c in ckpts if "grad_scaler" in c]
+        if self.scaler is not None and saved:
+            # Runs saved by different packs may hold different scales: the pack goes on
+            # from the smallest, the side that overflows less. One pack's agree.
+            low = min(saved, key=lambda d: (d["scale"], d["_growth_tracker"]))
+            self.scaler.load_state_dict(low)
 
 
 def _log_eval(
@@ -409,7 +430,7 @@ def _log_eval(
         state.steps = state.seen = 0
     if not live:
         return
-    results = evaluate_copies(net, test_data, k, bf16=hparams.bf16)
+    results = evaluate_copies(net, test_data, k, bf16=hparams.bf16, fp16=hparams.fp16)
     state.last_test_acc = results[live[0]][1]
     for j in live:
         test_loss, test_accuracy = results[j]
