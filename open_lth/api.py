@@ -33,6 +33,9 @@ from open_lth.foundations.hparams import DatasetHparams, ModelHparams
 from open_lth.foundations.masks import Mask
 from open_lth.foundations.model import Model, build_model
 
+# The formats whose folders the API reads: a format changes what a description computes,
+# not where the files are, so a level made under an older format still opens.
+READABLE = range(2, formats.FORMAT + 1)
 _WEIGHTS = re.compile(r"^weights_it(\d+)\.pt$")
 
 
@@ -79,10 +82,11 @@ class Stage:
         except (OSError, ValueError):
             raise UserError(f"{record_path} cannot be read: it is damaged") from None
         made = formats.of(path)
-        if made != formats.FORMAT:
+        if made not in READABLE:  # the files' layout is that of format 2 on
             raise UserError(
                 f"{path} was made under format {made} of this framework; this version reads "
-                f"format {formats.FORMAT} (the last of format 1: {formats.LAST_OF_FORMAT_1})"
+                f"formats {READABLE[0]} to {READABLE[-1]} (the last of format 1: "
+                f"{formats.LAST_OF_FORMAT_1})"
             )
         groups = groups_of(record)
         if "model" not in groups or "dataset" not in groups:
