@@ -4,6 +4,7 @@ absent or complete and a failed or interrupted download leaves nothing behind.""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -36,14 +37,15 @@ def download(url: str, dest: Path, md5: str | None, timeout: float = 30) -> None
     """Download `url` to `dest`, checking its md5 when one is given.
 
     Any failure (network, short body, md5 mismatch, unwritable folder) raises
-    UserError and leaves `dest` untouched.
+    UserError and leaves `dest` untouched, and removes the folders made for it.
     """
     if not download_allowed():
         raise UserError(f"not downloading {url}: downloads are off (OPEN_LTH_OFFLINE is set)")
     dest = Path(dest)
     tmp: Path | None = None
+    made: list[Path] = []
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(dest.parent, made)
         fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         tmp = Path(name)
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
@@ -63,6 +65,7 @@ def download(url: str, dest: Path, md5: str | None, timeout: float = 30) -> None
                 raise UserError(f"download of {url} is corrupt: md5 {got}, expected {md5}")
         os.replace(tmp, dest)
         tmp = None
+        made = []
     except UserError:
         raise
     except urllib.error.HTTPError as e:
@@ -75,6 +78,17 @@ def download(url: str, dest: Path, md5: str | None, timeout: float = 30) -> None
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+        for folder in reversed(made):  # innermost first: a failure leaves no empty folder
+            with contextlib.suppress(OSError):  # not empty after all: someone else's now
+                folder.rmdir()
+
+
+def make_folders(folder: Path, made: list[Path]) -> None:
+    """Create `folder` and its missing parents, outermost first, appending each to `made`
+    as it is created (so that a failure halfway can still undo the first ones)."""
+    for f in [f for f in (folder, *folder.parents) if not f.exists()][::-1]:
+        f.mkdir()
+        made.append(f)
 
 
 def fetch_first(urls: list[str], dest: Path, md5: str | None) -> None:

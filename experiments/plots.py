@@ -32,6 +32,9 @@ START_STYLES = {"reset": "-", "rewind": "--", "reinit": ":"}
 START_ORDER = ["reset", "rewind", "reinit"]
 REMAINING = "% of weights remaining"
 CHANCE = {"mnist": 0.1, "cifar10": 0.1}
+# The least range of accuracy (a fraction) that the accuracy-against-sparsity figure
+# shows: 10 points.
+MIN_ACCURACY_SPAN = 0.10
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -159,11 +162,23 @@ def accuracy_vs_sparsity(
     ax = fig.add_subplot()
     _draw(ax, df, metric)
     _percent_axis(ax, df["remaining_pct"])
+    _accuracy_span(ax)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize="small")
     ax.set_title(title if title is not None else _title(df), fontsize="medium")
     return fig
+
+
+def _accuracy_span(ax) -> None:  # noqa: ANN001
+    """Widen the y axis to at least MIN_ACCURACY_SPAN below its top: matplotlib zooms to
+    the data, so that a 0.3-point dip from the dense accuracy fills the figure and looks
+    like a cliff. The top stays where autoscaling put it, just above the best point
+    (the dense accuracy, drawn at 100%, is always within)."""
+    low, high = ax.get_ylim()
+    if high - low < MIN_ACCURACY_SPAN:
+        low = max(0.0, high - MIN_ACCURACY_SPAN)
+        ax.set_ylim(low, max(high, low + MIN_ACCURACY_SPAN))
 
 
 def _finished(runs_df: pd.DataFrame, metric: str) -> pd.DataFrame:

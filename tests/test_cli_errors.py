@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import urllib.error
+import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from conftest import DATA
+from open_lth.foundations import registries
+from open_lth.foundations.errors import UserError
+from open_lth.main import load_plugins
+from open_lth.training.stage import check_model_fits
 
-LENET = "--default_hparams=mnist_lenet_300_100"
+LENET_NAME = "mnist_lenet_300_100"
+LENET = f"--default_hparams={LENET_NAME}"
 
 
 @pytest.mark.parametrize(
@@ -83,3 +92,88 @@ def test_bad_dataset_root(cli, tmp_path: Path, damage: str) -> None:
     assert code == 2, err
     assert expected in err and len(err.strip().splitlines()) == 1
     assert not root.exists()
+
+
+@pytest.mark.parametrize("below", [False, True])
+def test_root_is_a_file(cli, tmp_path: Path, below: bool) -> None:
+    file = tmp_path / "runs"
+    file.write_text("not a folder")
+    root = file / "sub" if below else file
+    code, _, err = cli("train", LENET, f"--dataset_root={DATA}", f"--root={root}")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"error: --root {root} is not a folder" in err
+    assert file.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("subcommand", [["train"], ["lottery"], ["lottery", "--replicates=1-2"]])
+@pytest.mark.parametrize(
+    "model,dataset,expected",
+    [
+        ("mnist_lenet_300_100", "cifar10", "does not fit cifar10's 3x32x32 images"),
+        ("cifar_resnet_20", "mnist", "does not fit mnist's 1x28x28 images"),
+    ],
+)
+def test_model_that_does_not_fit_the_data(
+    cli, tmp_path: Path, tiny_cifar: Path, subcommand: list[str], model: str, dataset: str,
+    expected: str,
+) -> None:  # fmt: skip
+    data = tiny_cifar if dataset == "cifar10" else DATA
+    root = tmp_path / "runs"
+    code, _, err = cli(
+        *subcommand,
+        f"--default_hparams={model}",
+        f"--dataset_name={dataset}",
+        f"--dataset_root={data}",
+        f"--root={root}",
+        "--training_steps=1it",
+        "--device=cpu",
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"error: model {model} {expected}" in err and "models made for" in err
+    assert not root.exists()
+
+
+def test_missing_dataset_root(cli, tmp_path: Path) -> None:
+    missing, root = tmp_path / "dta", tmp_path / "runs"
+    code, _, err = cli("train", LENET, f"--dataset_root={missing}", f"--root={root}")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"error: --dataset_root {missing} does not exist" in err
+    assert not missing.exists() and not root.exists()
+
+
+def test_failed_download_leaves_no_folder(cli, tmp_path: Path, monkeypatch) -> None:
+    """Without --dataset_root the data set is downloaded into <root>/datasets, made for
+    it; a download that fails takes the folders it made away again."""
+    monkeypatch.setenv("OPEN_LTH_OFFLINE", "0")
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network here")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    root = tmp_path / "runs"
+    code, _, err = cli("train", LENET, f"--root={root}")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "download failed" in err and "no network here" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("levels", ["2-0", "0,3-1"])
+def test_reversed_level_range(cli, tmp_path: Path, levels: str) -> None:
+    code, _, err = cli(
+        "lottery_branch", "instability", LENET, f"--dataset_root={DATA}",
+        f"--root={tmp_path / 'runs'}", f"--levels={levels}",
+    )  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    low, high = levels.split(",")[-1].split("-")
+    assert f"the range {low}-{high} is reversed; write {high}-{low}" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_model_with_the_wrong_number_of_classes() -> None:
+    """A model family that ignores the number of classes it is asked for."""
+    load_plugins()
+    model = registries.models.get(LENET_NAME).create(LENET_NAME, 5)
+    mnist = SimpleNamespace(test=SimpleNamespace(images=torch.zeros(1, 1, 28, 28)), num_classes=10)
+    with pytest.raises(UserError, match=r"gives \(5,\) outputs for mnist's 10 classes"):
+        check_model_fits(model, mnist, LENET_NAME, "mnist")
+    assert model.training  # left in the mode it was in

@@ -188,6 +188,22 @@ def has_band(ax) -> bool:
     )
 
 
+@pytest.mark.parametrize("strategies", [None, ["magnitude"]])
+def test_accuracy_axis_spans_ten_points(frames, strategies: list[str] | None) -> None:
+    """The synthetic runs lose 1 (magnitude) to 7 (random) points: the axis still spans
+    10 points, with the dense accuracy inside, so that a small dip looks small."""
+    runs = frames["runs"]
+    if strategies:
+        runs = runs[runs["strategy"].isin(strategies)]
+    fig = plots.accuracy_vs_sparsity(runs)
+    low, high = fig.axes[0].get_ylim()
+    assert high - low >= 0.10 - 1e-9
+    lottery = runs[(runs["kind"] == "lottery") & (runs["status"] == "done")]
+    dense = lottery[lottery["level"] == 0]["final_test_accuracy"]
+    assert low <= dense.min() and dense.max() <= high
+    assert high - lottery["final_test_accuracy"].max() < 0.02  # the top hugs the best point
+
+
 def test_accuracy_vs_sparsity(frames, tmp_path: Path) -> None:
     fig = plots.accuracy_vs_sparsity(frames["runs"])
     ax = fig.axes[0]

@@ -33,19 +33,26 @@ from open_lth.lottery.strategy import PruneContext, Strategy
 from open_lth.training.data import derive_seed
 from open_lth.training.evaluation import evaluate
 from open_lth.training.interpolation import recompute_bn_stats
-from open_lth.training.stage import Data, load_weights
+from open_lth.training.stage import Data, check_model_fits, load_weights
 
 
 def parse_levels(text: str, flag: str = "--levels") -> list[int]:
     """'0,3-5' -> [0, 3, 4, 5] (also --replicates)."""
     what = flag.removeprefix("--")
     levels: set[int] = set()
+    ranges: list[tuple[int, int]] = []
     try:
         for part in text.split(","):
             low, _, high = part.strip().partition("-")
-            levels.update(range(int(low), int(high or low) + 1))
+            ranges.append((int(low), int(high or low)))
     except ValueError:
         raise UserError(f"{flag} '{text}': write {what} like 0,3-5") from None
+    for low, high in ranges:
+        if high < low:  # an empty range would silently drop these levels
+            raise UserError(
+                f"{flag} '{text}': the range {low}-{high} is reversed; write {high}-{low}"
+            )
+        levels.update(range(low, high + 1))
     if not levels or min(levels) < 0:
         raise UserError(f"{flag} '{text}': write {what} like 0,3-5")
     return sorted(levels)
@@ -94,6 +101,9 @@ class Levels:
 
     def check(self, model: Model) -> None:
         """Bad values that need the model or the data; raised before anything is written."""
+        check_model_fits(
+            model, self.data, self.desc.model.model_name, self.desc.dataset.dataset_name
+        )
         unknown = [n for n in self.ignored if n not in model.prunable_layer_names]
         if unknown:
             raise UserError(

@@ -76,6 +76,7 @@ class TrainingRunner(Runner):
         d = stage.load_data(self.desc.dataset, self.job)
         stage.check_training_steps(self.desc.training, d)
         model = build_model(self.desc.model, d.num_classes, seed=self.job.replicate)
+        stage.check_model_fits(model, d, self.desc.model.model_name, self.desc.dataset.dataset_name)
         if not self.job.options.quiet:
             print(self.desc.display())
             print(f"Output location: {out}")

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import torch
 
-from open_lth.foundations import paths
+from open_lth.foundations import paths, registries
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import DatasetHparams, TrainingHparams
 from open_lth.foundations.masks import Mask
 from open_lth.foundations.model import Model
+from open_lth.foundations.platform import check_dataset_root
 from open_lth.foundations.step import Step
 from open_lth.foundations.store import atomic_write_json, torch_load
 from open_lth.training import data
@@ -39,10 +40,49 @@ class Data:
 
 
 def load_data(hparams: DatasetHparams, job: Job) -> Data:
+    check_dataset_root(job.platform)
     device = job.platform.device
     train_split, classes = data.load(hparams, job.platform.dataset_root, True, device)
     test_split, _ = data.load(hparams, job.platform.dataset_root, False, device)
     return Data(train_split, test_split, classes, hparams.batch_size)
+
+
+def check_model_fits(model: Model, d: Data, model_name: str, dataset_name: str) -> None:
+    """A model made for other images (LeNet on CIFAR-10, a CIFAR ResNet on MNIST) would
+    fail at its first step, after its run folder is made. One forward pass of a single
+    zero example of the data set's shape, without gradients, finds that for every model
+    and data set before anything is written, and so does a wrong number of classes."""
+    shape = tuple(d.test.images.shape[1:])
+    size = "x".join(map(str, shape))
+    was_training = model.training
+    model.eval()  # BatchNorm on one example, and nothing to update
+    try:
+        with torch.no_grad():
+            x = torch.zeros((1, *shape), device=next(model.parameters()).device)
+            out = model(x)
+    except RuntimeError as e:  # the shape errors of conv, linear and view
+        reason = str(e).strip().splitlines()[0]
+        raise UserError(
+            f"model {model_name} does not fit {dataset_name}'s {size} images ({reason}); "
+            f"{models_made_for(dataset_name)}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if tuple(out.shape) != (1, d.num_classes):
+        raise UserError(
+            f"model {model_name} gives {tuple(out.shape)[1:]} outputs for {dataset_name}'s "
+            f"{d.num_classes} classes; {models_made_for(dataset_name)}"
+        )
+
+
+def models_made_for(dataset_name: str) -> str:
+    """The registered models whose defaults train on `dataset_name`."""
+    names = [
+        name
+        for name in registries.models.names()
+        if registries.models.get(name).default_hparams(name).dataset.dataset_name == dataset_name
+    ]
+    return f"models made for {dataset_name}: {', '.join(names) or '(none registered)'}"
 
 
 def summary_path(out: Path) -> Path:

@@ -24,7 +24,7 @@ from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import Hparams, hp
 from open_lth.foundations.store import atomic_write_json, torch_load
 from open_lth.lottery.branches.base import Branch, BranchContext
-from open_lth.lottery.levels import level_dir
+from open_lth.lottery.levels import has_batchnorm, level_dir
 from open_lth.training import stage
 from open_lth.training.interpolation import alphas, barrier, evaluate_path
 from open_lth.training.trainer import Copy, Seeds, apply_mask, train_copies
@@ -140,7 +140,9 @@ class InstabilityBranch(Branch):
         )
         result.update(start_iteration=k, level=level, density=density["density"])
         atomic_write_json(out / "instability.json", result)
+        # --bn_stats only matters, and is only worth a word, where there is BatchNorm.
+        bn = f" (BatchNorm statistics: {self.hparams.bn_stats})" if has_batchnorm(model) else ""
         return (
             f"train instability {result['train_instability']:.4f}, test instability "
-            f"{result['test_instability']:.4f} (BatchNorm statistics: {self.hparams.bn_stats})"
+            f"{result['test_instability']:.4f}{bn}"
         )
