@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,3 +153,105 @@ def test_nan_loss_stops_with_a_clear_error(cli, tmp_path: Path) -> None:
     assert code == 3
     assert "NaN or infinite" in err and len(err.strip().splitlines()) == 1
     assert not (run_dir(tmp_path) / "summary.json").exists()
+
+
+def loud(args: list[str]) -> list[str]:
+    """`args` without --quiet: what a user sees."""
+    return [a for a in args if a != "--quiet"]
+
+
+def run_piped(root: Path, *extra: str, quiet: bool = False) -> subprocess.CompletedProcess:
+    """main.py with stdout a pipe, as under Slurm, nohup or a notebook's `!python`."""
+    args = lenet_args(root, "--device=cpu", *extra)
+    argv = [sys.executable, "main.py", *(args if quiet else loud(args))]
+    env = {**os.environ, "OPEN_LTH_OFFLINE": "1"}
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_without_a_terminal_each_evaluation_prints_one_line(tmp_path: Path) -> None:
+    done = run_piped(tmp_path, "--training_steps=200it")
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("iteration ")]
+    assert lines[0].startswith("iteration 0/200: test accuracy 0.")
+    pattern = (
+        r"iteration (\d+)/200: train loss \d\.\d{4}, test accuracy (0\.\d{4}), "
+        r"[\d.]+ it/s, [\d:]+ left"
+    )
+    matches = [re.fullmatch(pattern, line) for line in lines[1:]]
+    assert all(matches) and [int(m[1]) for m in matches] == [100, 200], lines
+    # The last line's accuracy is the run's.
+    frame = pd.read_csv(paths.metrics(run_dir(tmp_path)))
+    final = frame[(frame.name == "test_accuracy") & (frame.iteration == 200)].value.item()
+    assert float(matches[-1][2]) == pytest.approx(final, abs=5e-5)
+    assert "\r" not in done.stdout + done.stderr  # no bar drawn into a log
+    quiet = run_piped(tmp_path / "quiet", "--training_steps=100it", quiet=True)
+    assert quiet.returncode == 0 and quiet.stdout.startswith("done: "), quiet.stdout
+
+
+def test_a_pack_prints_its_mean_and_spread(capsys: pytest.CaptureFixture) -> None:
+    from open_lth.training.progress import Progress
+
+    with Progress(0, 300, quiet=False) as progress:
+        progress.evaluated(100, [0.5, 0.7], [0.9, 0.8])
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(
+        "iteration 100/300: train loss 0.6000, test accuracy 0.8500 (mean of 2 runs, "
+        "0.8000 to 0.9000), "
+    ), line
+    assert line.endswith(" left")
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The root of a run killed (SIGKILL) after its checkpoint at iteration 100 or later;
+    each test copies it."""
+    root = tmp_path_factory.mktemp("killed")
+    process = spawn(root)
+    wait_for_checkpoint(root, process, 100)
+    process.kill()
+    process.communicate(timeout=60)
+    return root
+
+
+def truncate(path: Path) -> None:
+    # A new file, not the old one cut in place: a kill just after the previous checkpoint
+    # was linked (before the new one replaced it) leaves both names on one file.
+    data = path.read_bytes()
+    path.unlink()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_truncated_checkpoint_resumes_from_the_one_before_to_the_bit(
+    cli, tmp_path: Path, killed: Path
+) -> None:
+    assert cli(*lenet_args(tmp_path / "straight", "--device=cpu"))[0] == 0
+    shutil.copytree(killed, tmp_path / "killed")
+    run = run_dir(tmp_path / "killed")
+    previous = torch.load(paths.previous_checkpoint(run), weights_only=True)["iteration"]
+    assert previous >= 75
+    truncate(paths.checkpoint(run))
+    resumed = run_piped(tmp_path / "killed", "--checkpoint_every=25it")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from iteration {previous} ({run})" in resumed.stdout.splitlines()
+    notes = [line for line in resumed.stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and f"cannot read {paths.checkpoint(run)}" in notes[0], notes
+    assert f"from the checkpoint kept before it, at iteration {previous}" in notes[0]
+    straight = run_dir(tmp_path / "straight")
+    assert_same_weights(paths.weights(straight, 300), paths.weights(run, 300))
+    pd.testing.assert_frame_equal(metrics_without_wall(straight), metrics_without_wall(run))
+    assert not paths.checkpoint(run).exists() and not paths.previous_checkpoint(run).exists()
+
+
+def test_both_checkpoints_truncated_is_one_line_naming_the_files(
+    cli, tmp_path: Path, killed: Path
+) -> None:
+    shutil.copytree(killed, tmp_path / "killed")
+    run = run_dir(tmp_path / "killed")
+    for path in (paths.checkpoint(run), paths.previous_checkpoint(run)):
+        truncate(path)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    code, _, err = cli(*lenet_args(tmp_path / "killed", "--checkpoint_every=25it", "--device=cpu"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: cannot read {paths.checkpoint(run)} (")
+    assert f"delete {paths.checkpoint(run)} and {paths.previous_checkpoint(run)} to start" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before

@@ -91,7 +91,16 @@ def torch_load(path: Path, device: torch.device | str = "cpu") -> Any:
         return torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read {path}: {first}; delete it to recompute it") from None
+        raise Unreadable(path, first) from None
+
+
+class Unreadable(UserError):
+    """A truncated or corrupt file; `reason` is what torch said, for a caller that can
+    fall back on another file (open_lth.training.checkpoints)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"cannot read {path}: {reason}; delete it to recompute it")
+        self.reason = reason
 
 
 def lock_held(directory: Path) -> bool:

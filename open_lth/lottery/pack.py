@@ -35,10 +35,10 @@ from open_lth.foundations import paths, registries
 from open_lth.foundations.errors import TrainingDiverged, UserError
 from open_lth.foundations.hparams import DefaultHparams
 from open_lth.foundations.runner import Runner
-from open_lth.foundations.store import RunLock, atomic_write_json, torch_load
+from open_lth.foundations.store import RunLock, atomic_write_json
 from open_lth.lottery.levels import Levels, check_format, level_dir
 from open_lth.lottery.runner import LotteryRunner, summary_table
-from open_lth.training import stage
+from open_lth.training import checkpoints, stage
 from open_lth.training.trainer import Copy, train_copies
 
 
@@ -203,7 +203,9 @@ def _write_summary(out: Path, level: int, quiet: bool) -> None:
 
 
 def _iteration(path: Path) -> int | None:
-    return int(torch_load(path)["iteration"]) if path.exists() else None
+    """The iteration of the checkpoint at `path`, or of the one kept before it where that
+    is what the run resumes from (open_lth.training.checkpoints.read)."""
+    return int(checkpoints.read(path)[0]["iteration"]) if path.exists() else None
 
 
 def align_checkpoints(outs: list[Path]) -> dict[Path, int | None]:

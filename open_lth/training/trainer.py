@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from open_lth.foundations import distributed, paths
 from open_lth.foundations.errors import TrainingDiverged, UserError
@@ -35,6 +34,7 @@ from open_lth.training.evaluation import (
     uses_channels_last,
 )
 from open_lth.training.metrics import MetricLogger
+from open_lth.training.progress import Progress
 from open_lth.training.schedule import build_optimizer, lr_schedule
 from open_lth.training.stacked import Lanes, stack, stack_state, unstack_state
 from open_lth.training.train_step import StepParts, make_step, replays, set_capturable
@@ -216,6 +216,9 @@ def train_copies(
             state.seen = 0
         torch.set_rng_state(ckpts[0]["rng_cpu"].cpu())
         resumed_at = state.iteration
+        if not options.quiet and distributed.is_primary():
+            where = checkpoints.paths[0].parent if len(checkpoints.paths) == 1 else f"{k} runs"
+            print(f"resuming from iteration {resumed_at} ({where})", flush=True)
         for logger in loggers:
             logger.keep_until(resumed_at)
     else:
@@ -271,16 +274,10 @@ def train_copies(
     generator = torch.Generator(device) if train_data.augmentation else None
     orders = torch.empty(0)
     order_epoch = -1
-    bar = tqdm(
-        total=end,
-        initial=state.iteration,
-        disable=options.quiet or not sys.stderr.isatty(),
-        unit="it",
-        dynamic_ncols=True,
-    )
+    progress = Progress(state.iteration, end, options.quiet)
     tick = time.perf_counter()
     net.train()
-    with signals_to_flag() as stop, bar, distributed.sync_batchnorm(net):
+    with signals_to_flag() as stop, progress, distributed.sync_batchnorm(net):
         while True:
             it = state.iteration
             # A checkpoint at `it` is written after the evaluation at `it`, so a resumed
@@ -290,7 +287,7 @@ def train_copies(
                 check_finite()
                 lr = lr_at(min(it, end - 1))
                 _log_eval(step_net, test_data, hparams, state, loggers, lr)
-                bar.set_postfix(loss=state.last_train_loss, test_acc=state.last_test_acc)
+                progress.evaluated(it, state.last_train_losses, state.last_test_accuracies)
                 tick = time.perf_counter()
             if not live():
                 break  # every run of the pack diverged
@@ -332,7 +329,7 @@ def train_copies(
             state.iteration = it + 1
             if device.type == "cpu" or state.iteration % 100 == 0:
                 check_finite()
-            bar.update(1)
+            progress.step()
 
     if live():
         save_weights(end)
@@ -365,8 +362,9 @@ class _State:
         self.seen = 0
         self.steps = 0
         self.diverged: dict[int, str] = {}
-        self.last_train_loss: float | None = None
-        self.last_test_acc: float | None = None
+        # The last evaluation's, of the live copies: what the progress shows.
+        self.last_train_losses: list[float] = []
+        self.last_test_accuracies: list[float] = []
         self.scaler: torch.amp.GradScaler | None = None
 
     def dump(self, copy: int | None = None) -> dict:
@@ -421,17 +419,20 @@ def _log_eval(
         state.seen = distributed.gather_sums([state.loss_sum, state.correct], state.seen)
         train_loss = (state.loss_sum / (state.steps * distributed.world_size())).tolist()
         train_accuracy = (state.correct.double() / state.seen).tolist()
-        state.last_train_loss = train_loss[live[0]] if live else None
+        state.last_train_losses = [train_loss[j] for j in live]
         for j in live:
             loggers[j].log(it, "train_loss", train_loss[j])
             loggers[j].log(it, "train_accuracy", train_accuracy[j])
         state.loss_sum.zero_()
         state.correct.zero_()
         state.steps = state.seen = 0
+    else:
+        state.last_train_losses = []
     if not live:
+        state.last_test_accuracies = []
         return
     results = evaluate_copies(net, test_data, k, bf16=hparams.bf16, fp16=hparams.fp16)
-    state.last_test_acc = results[live[0]][1]
+    state.last_test_accuracies = [results[j][1] for j in live]
     for j in live:
         test_loss, test_accuracy = results[j]
         loggers[j].log(it, "test_loss", test_loss)
