@@ -22,7 +22,7 @@ import torch
 from conftest import DATA, REPO
 
 # The last commit before the training core was renovated into one loop (issue 20).
-REFERENCE = "HEAD"
+REFERENCE = "b13712e77d4b"
 
 LENET = ["--default_hparams=mnist_lenet_300_100", f"--dataset_root={DATA}"]
 GEM_MINER = [
