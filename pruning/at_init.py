@@ -30,7 +30,7 @@ from open_lth.foundations.hparams import Hparams, PruningHparams, hp
 from open_lth.foundations.masks import Mask
 from open_lth.foundations.model import Model
 from open_lth.lottery.strategy import PruneContext, Strategy
-from open_lth.pruning.select import lowest
+from open_lth.pruning.select import remove_lowest, survivors
 from open_lth.training.data import DeviceData, derive_seed
 
 
@@ -123,24 +123,14 @@ def target_kept(
 
 def keep_highest(scores: dict[str, torch.Tensor], mask: Mask, ignore: list[str], kept: int) -> Mask:
     """`mask` with only the `kept` highest-scoring survivors outside `ignore` left, one
-    threshold across layers; ties removed in layer order, then position (the selector's)."""
+    threshold across layers (the selector's rule)."""
     names = [n for n in mask if n not in ignore]
-    alive = [mask[n].reshape(-1).nonzero().squeeze(1) for n in names]
-    values = torch.cat(
-        [
-            scores[n].reshape(-1)[a.to(scores[n].device)].to(torch.float64).cpu()
-            for n, a in zip(names, alive, strict=True)
-        ]
-    )
+    values, alive = survivors([scores[n] for n in names], [mask[n] for n in names])
     if torch.isnan(values).any():
         raise UserError("the pruning scores hold NaN (the network's output overflows?)")
-    chosen = lowest(values, len(values) - kept)
     new = {n: m.clone() for n, m in mask.items()}
-    start = 0
-    for n, a in zip(names, alive, strict=True):
-        here = chosen[(chosen >= start) & (chosen < start + len(a))] - start
-        new[n].view(-1)[a[here.to(a.device)]] = False
-        start += len(a)
+    for n, gone in zip(names, remove_lowest(values, alive, len(values) - kept), strict=True):
+        new[n].view(-1)[gone] = False
     return new
 
 

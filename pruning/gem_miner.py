@@ -54,7 +54,7 @@ from open_lth.foundations.step import Step
 from open_lth.foundations.store import atomic_torch_save, torch_load
 from open_lth.lottery.strategy import PruneContext, Strategy
 from open_lth.pruning.at_init import AtInitHparams, resolve_density
-from open_lth.pruning.select import lowest
+from open_lth.pruning.select import remove_lowest, survivors
 from open_lth.training.data import derive_seed
 from open_lth.training.trainer import Interrupted, iterations_per_epoch, signals_to_flag
 
@@ -324,22 +324,16 @@ class _Search:
 
     def _prune_event(self, event: int) -> None:
         keep = kept_after(event, self.events, self.n0, self.target)
-        alive = [a.reshape(-1).nonzero().squeeze(1) for a in self.alive]
-        count = sum(len(a) for a in alive)
-        if keep >= count:
+        values, alive = survivors(self.scores, self.alive)
+        if keep >= len(values):
             return
-        values = torch.cat(
-            [s.detach().reshape(-1)[a] for s, a in zip(self.scores, alive, strict=True)]
-        )
-        # Ties go to the lower index (layer order, then position), as in the selector.
-        chosen = lowest(values, count - keep)
-        offsets = [0]
-        for a in alive:
-            offsets.append(offsets[-1] + len(a))
         with torch.no_grad():
-            for i, (s, a) in enumerate(zip(self.scores, self.alive, strict=True)):
-                here = chosen[(chosen >= offsets[i]) & (chosen < offsets[i + 1])] - offsets[i]
-                gone = alive[i][here]
+            for s, a, gone in zip(
+                self.scores,
+                self.alive,
+                remove_lowest(values, alive, len(values) - keep),
+                strict=True,
+            ):
                 a.view(-1)[gone] = False
                 s.view(-1)[gone] = 0
                 buffer = self.optimizer.state.get(s, {}).get("momentum_buffer")

@@ -31,6 +31,35 @@ def lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(scores, stable=True).indices[:k]
 
 
+def survivors(
+    scores: list[torch.Tensor], masks: list[torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The surviving weights' scores flattened in layer order (float64 on the CPU, so
+    every caller sorts the same numbers the same way), and each layer's surviving
+    positions."""
+    alive = [m.reshape(-1).nonzero().squeeze(1) for m in masks]
+    values = torch.cat(
+        [
+            s.detach().reshape(-1)[a.to(s.device)].to(torch.float64).cpu()
+            for s, a in zip(scores, alive, strict=True)
+        ]
+    )
+    return values, alive
+
+
+def remove_lowest(values: torch.Tensor, alive: list[torch.Tensor], n: int) -> list[torch.Tensor]:
+    """The one rule of IMP, pruning at initialization and Gem-Miner's prune events:
+    each layer's positions of the `n` lowest `values` across layers (`survivors`'
+    output), exactly n, ties in layer order and then position."""
+    chosen = lowest(values, n)
+    gone, start = [], 0
+    for a in alive:
+        here = chosen[(chosen >= start) & (chosen < start + len(a))] - start
+        gone.append(a[here.to(a.device)])
+        start += len(a)
+    return gone
+
+
 def select(
     scores: dict[str, torch.Tensor],
     mask: Mask,
@@ -43,19 +72,9 @@ def select(
     a layer in `ignore`."""
     names = [n for n in mask if n not in ignore]
     new = {n: m.clone() for n, m in mask.items()}
-    if scope == "layerwise":
-        groups = [[n] for n in names]
-    else:
-        groups = [names]
+    groups = [[n] for n in names] if scope == "layerwise" else [names]
     for group in groups:
-        # The surviving weights' scores, flattened in a fixed layer order.
-        alive = [mask[n].reshape(-1).nonzero().squeeze(1) for n in group]
-        values = torch.cat(
-            [
-                scores[n].reshape(-1)[a].to(torch.float64).cpu()
-                for n, a in zip(group, alive, strict=True)
-            ]
-        )
+        values, alive = survivors([scores[n] for n in group], [mask[n] for n in group])
         counted = len(values)
         if scope == "global" and count_ignored:
             counted += sum(int(mask[n].sum()) for n in mask if n in ignore)
@@ -65,12 +84,8 @@ def select(
                 f"pruning {fraction} of {counted} surviving weights removes {k}, but only "
                 f"{len(values)} survive outside --pruning_layers_to_ignore"
             )
-        chosen = lowest(values, k)
-        offsets = torch.tensor([0] + [len(a) for a in alive]).cumsum(0)
-        for i, n in enumerate(group):
-            here = chosen[(chosen >= offsets[i]) & (chosen < offsets[i + 1])] - offsets[i]
-            flat = new[n].view(-1)
-            flat[alive[i][here.to(alive[i].device)]] = False
+        for n, gone in zip(group, remove_lowest(values, alive, k), strict=True):
+            new[n].view(-1)[gone] = False
     return new
 
 

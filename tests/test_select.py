@@ -50,3 +50,15 @@ def test_layerwise_prunes_each_layer_alike() -> None:
     assert (int(new["a"].sum()), int(new["b"].sum())) == (80, 8)
     glob = select(scores, mask, 0.2, "global", [])
     assert (int(glob["a"].sum()), int(glob["b"].sum())) == (78, 10)
+
+
+def test_remove_lowest_is_exact_and_breaks_ties_by_layer_then_position() -> None:
+    """The one rule that IMP, pruning at initialization and Gem-Miner's prune events share."""
+    from open_lth.pruning.select import remove_lowest, survivors
+
+    masks = [torch.tensor([True, False, True, True]), torch.ones(3, dtype=torch.bool)]
+    scores = [torch.tensor([1.0, -9.0, 1.0, 4.0]), torch.tensor([1.0, 0.5, 7.0])]
+    values, alive = survivors(scores, masks)
+    assert values.dtype == torch.float64 and len(values) == 6  # the pruned -9 is no survivor
+    gone = remove_lowest(values, alive, 3)  # 0.5, then the three 1.0s tie: a[0], a[2] first
+    assert [g.tolist() for g in gone] == [[0, 2], [1]]
