@@ -205,3 +205,30 @@ def test_bad_lottery_input(cli, tmp_path: Path, flags: list[str], expected: str)
     assert code == 2
     assert expected in err and len(err.strip().splitlines()) == 1
     assert not root.exists()
+
+
+def test_the_strategy_is_resolved_once_into_the_object_the_code_asks() -> None:
+    """A description looks its strategy up once; the code asks that object (one_shot,
+    resolve, hparams_type) instead of comparing names."""
+    from open_lth.foundations import registries
+    from open_lth.foundations.hparams import (
+        DatasetHparams,
+        LotteryHparams,
+        ModelHparams,
+        PruningHparams,
+        TrainingHparams,
+    )
+    from open_lth.lottery.desc import LotteryDesc
+    from open_lth.main import load_plugins
+
+    load_plugins()
+    desc = LotteryDesc(
+        DatasetHparams("mnist", 60),
+        ModelHparams("mnist_lenet_300_100", "kaiming_normal", "uniform"),
+        TrainingHparams("sgd", 0.1, "10it"),
+        PruningHparams(pruning_strategy="gem_miner"),
+        LotteryHparams(),
+    )
+    assert desc.strategy_type is registries.strategies.get("gem_miner")
+    assert desc.strategy_type.one_shot and isinstance(desc.make_strategy(), desc.strategy_type)
+    assert "strategy_type" not in desc.to_dict()  # not part of the run's name

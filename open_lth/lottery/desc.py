@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,6 +29,7 @@ from open_lth.foundations.hparams import (
     TrainingHparams,
     given,
 )
+from open_lth.lottery.strategy import Strategy
 
 
 @dataclass
@@ -40,6 +42,15 @@ class LotteryDesc(Desc):
     strategy: Hparams | None = None
 
     prefix: ClassVar[str] = "lottery"
+
+    @functools.cached_property
+    def strategy_type(self) -> type[Strategy]:
+        """The chosen strategy, looked up once: the code asks it (`one_shot`, `resolve`,
+        `hparams_type`) instead of comparing names. Not a field: no part of the name."""
+        return registries.strategies.get(self.pruning.pruning_strategy)
+
+    def make_strategy(self) -> Strategy:
+        return self.strategy_type(self.strategy)
 
     @classmethod
     def group_types(cls) -> dict[str, type[Hparams]]:
@@ -65,9 +76,8 @@ class LotteryDesc(Desc):
     @classmethod
     def create_from_args(cls, args: argparse.Namespace) -> LotteryDesc:
         desc = super().create_from_args(args)
-        chosen = desc.pruning.pruning_strategy
-        strategy = registries.strategies.get(chosen)
-        check_strategy_flags(args, chosen)
+        strategy = desc.strategy_type
+        check_strategy_flags(args, desc)
         if strategy.hparams_type is not None:
             desc.strategy = strategy.hparams_type.create_from_args(args)
         if not strategy.uses_model_ignore_list and "pruning_layers_to_ignore" not in given(args):
@@ -86,7 +96,7 @@ class LotteryDesc(Desc):
     @classmethod
     def from_dict(cls, values: dict[str, dict[str, Any]]) -> LotteryDesc:
         desc = cls(**{n: t.from_dict(values[n]) for n, t in cls.group_types().items()})
-        strategy = registries.strategies.get(desc.pruning.pruning_strategy).hparams_type
+        strategy = desc.strategy_type.hparams_type
         if strategy is not None:
             desc.strategy = strategy.from_dict(values.get("strategy", {}))
         return desc
@@ -96,10 +106,10 @@ class LotteryDesc(Desc):
         return "\n".join(g.display() for g in shown + ([self.strategy] if self.strategy else []))
 
 
-def check_strategy_flags(args: argparse.Namespace, chosen: str) -> None:
+def check_strategy_flags(args: argparse.Namespace, desc: LotteryDesc) -> None:
     """A strategy's flag given with a strategy that does not have it does nothing: refuse
     it, even at its default value, naming the strategies it applies to."""
-    own_type = registries.strategies.get(chosen).hparams_type
+    chosen, own_type = desc.pruning.pruning_strategy, desc.strategy_type.hparams_type
     own = {f.name for f in dataclasses.fields(own_type)} if own_type is not None else set()
     owners: dict[str, list[str]] = {}
     defaults: dict[str, Any] = {}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from open_lth.foundations import formats, masks, paths, registries
+from open_lth.foundations import formats, masks, paths
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import PruningHparams
 from open_lth.foundations.masks import Mask
@@ -86,7 +86,7 @@ class Levels:
         return self.desc.pruning.ignored
 
     def strategy(self) -> Strategy:
-        return registries.strategies.get(self.desc.pruning.pruning_strategy)(self.desc.strategy)
+        return self.desc.make_strategy()
 
     def start_iteration(self, level: int) -> int:
         """Where the level's training starts: k for the levels past 0 of a rewinding
@@ -228,7 +228,7 @@ def check_format(desc: LotteryDesc, replicate_dir: Path) -> None:
     """Refuse a replicate with a pruned level made under rules that changed what this
     description computes (see open_lth.foundations.formats). Level 0, the dense run, is the same
     under every format."""
-    strategy = registries.strategies.get(desc.pruning.pruning_strategy)
+    strategy = desc.strategy_type
     model = None
     for level in existing_levels(replicate_dir):
         out = level_dir(replicate_dir, level)

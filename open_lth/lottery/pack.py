@@ -260,7 +260,7 @@ def differences(a: LotteryRunner, b: LotteryRunner) -> str | None:
     rewind = (a.desc.lottery.rewinding_steps, b.desc.lottery.rewinding_steps)
     if rewind[0] != rewind[1]:
         return f"--rewinding_steps ({rewind[0]} vs {rewind[1]})"
-    one_shot = [registries.strategies.get(m.desc.pruning.pruning_strategy).one_shot for m in (a, b)]
+    one_shot = [m.desc.strategy_type.one_shot for m in (a, b)]
     if one_shot[0] != one_shot[1]:
         kinds = ["one-shot" if o else "iterative" for o in one_shot]
         return f"the kind of strategy ({kinds[0]} vs {kinds[1]}: one-shot runs pack only together)"

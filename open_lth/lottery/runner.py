@@ -57,7 +57,7 @@ class LotteryRunner(Runner):
         check_names(desc)
         if args.levels < 0:
             raise UserError(f"--levels must be a non-negative integer, got {args.levels}")
-        strategy = registries.strategies.get(desc.pruning.pruning_strategy)
+        strategy = desc.strategy_type
         desc.strategy = strategy.resolve(desc.strategy, args.levels, desc.pruning)
         levels = min(args.levels, 1) if strategy.one_shot else args.levels
         return cls(desc, create_job(args), levels, args.summary)

@@ -75,7 +75,7 @@ class BranchRunner(Runner):
         else:
             desc = LotteryDesc.create_from_args(args)
         check_names(desc)
-        strategy = registries.strategies.get(desc.pruning.pruning_strategy)
+        strategy = desc.strategy_type
         levels = parse_levels(args.levels)
         # The lottery resolved its strategy's level-dependent defaults from its own
         # --levels, which a branch does not know: it must be told them.
