@@ -52,7 +52,7 @@ def at(directory: Path) -> str:
 
 
 def train_row(replicate: Path) -> tuple[str, str]:
-    main = replicate / "main"
+    main = paths.main(replicate)
     done = stage.is_done(main)
     if not done:
         return state_of(replicate, done), at(main)
@@ -93,7 +93,7 @@ def branch_row(branch: Path, name: str) -> tuple[str, str]:
     if done:
         return state_of(branch, done), name
     # A branch trains in main/ (controls) or in copy_1/, copy_2/ (instability).
-    stages = [branch / "main", *sorted(branch.glob("copy_*"))]
+    stages = [paths.main(branch), *(c for _, c in paths.numbered(branch, "copy"))]
     iterations = [i for i in map(last_iteration, stages) if i is not None]
     detail = f"at iteration {max(iterations)}" if iterations else "no iteration logged yet"
     return state_of(branch, done), f"{name} {detail}"
@@ -107,18 +107,18 @@ def rows(root: Path) -> list[Row]:
         found.append((row[0], str(folder.relative_to(root)), row[1]))
 
     for run in sorted(root.iterdir()):
-        m = load._HASHED.match(run.name)
+        m = paths.HASHED.match(run.name)
         if not run.is_dir() or not m or m["name"] not in ("train", "lottery"):
             continue
-        for _, replicate in load._numbered(run, "replicate"):
+        for _, replicate in paths.numbered(run, "replicate"):
             if m["name"] == "train":
                 add(train_row(replicate), replicate)
                 continue
-            levels = load._numbered(replicate, "level")
+            levels = paths.numbered(replicate, "level")
             add(lottery_row(replicate, [L for L, _ in levels]), replicate)
             for _, level in levels:
                 for branch in sorted(level.iterdir()):
-                    b = load._HASHED.match(branch.name)
+                    b = paths.HASHED.match(branch.name)
                     if branch.is_dir() and b:
                         add(branch_row(branch, b["name"]), branch)
     return found

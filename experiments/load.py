@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from open_lth.foundations import paths
 from open_lth.foundations.errors import UserError
 
 DONE = "done"
@@ -59,8 +60,6 @@ SUMMARY_KEYS = [
     "start_iteration",
 ]
 INSTABILITY_FILES = ("curve.csv", "instability.json", "copy_1", "copy_2", "trunk")
-_HASHED = re.compile(r"^(?P<name>.+)_(?P<hash>[0-9a-f]{32})$")
-_NUMBERED = re.compile(r"^(?P<prefix>replicate|level)_(?P<n>\d+)$")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -170,23 +169,13 @@ def start_of(flat: dict[str, Any]) -> tuple[str | None, str | None]:
     return "reset", "reset"
 
 
-def _numbered(path: Path, prefix: str) -> list[tuple[int, Path]]:
-    found = []
-    if path.is_dir():
-        for child in path.iterdir():
-            m = _NUMBERED.match(child.name)
-            if child.is_dir() and m and m["prefix"] == prefix:
-                found.append((int(m["n"]), child))
-    return sorted(found)
-
-
 def _density(directory: Path) -> tuple[float, int | None]:
     """(density, kept) from sparsity_report.json, else from mask.pt, else (nan, None)."""
     report = read_json(directory / "sparsity_report.json")
     if report and "density" in report:
         return float(report["density"]), report.get("kept")
-    if (directory / "mask.pt").exists():
-        mask = try_load(directory / "mask.pt")
+    if (paths.mask(directory)).exists():
+        mask = try_load(paths.mask(directory))
         if mask is None:
             return np.nan, None
         kept = sum(int(m.sum()) for m in mask.values())
@@ -209,35 +198,37 @@ def _stage_row(kind: str, run: str, replicate: int, level: float, path: Path) ->
 
 def _main_stage(row: dict, path: Path, hparams_path: Path | None = None) -> dict:
     """A directory like a level's main/: summary.json says done."""
-    summary = read_json(path / "summary.json")
+    summary = read_json(paths.summary(path))
     row["status"] = DONE if summary is not None else INCOMPLETE
-    row["has_checkpoint"] = (path / "checkpoint.pt").exists()
+    row["has_checkpoint"] = paths.checkpoint(path).exists()
     for key in SUMMARY_KEYS:
         row[key] = (summary or {}).get(key, np.nan)
-    row.update(flatten(read_json(hparams_path or path / "hparams.json")))
+    row.update(flatten(read_json(hparams_path or paths.hparams(path))))
     return row
 
 
 def _branch_rows(level_dir: Path, base: dict) -> list[dict]:
     rows = []
-    level_hparams = flatten(read_json(level_dir / "main" / "hparams.json"))
+    level_hparams = flatten(read_json(paths.hparams(paths.main(level_dir))))
     for child in sorted(level_dir.iterdir()):
-        m = _HASHED.match(child.name)
-        if not child.is_dir() or child.name == "main" or not m:
+        m = paths.HASHED.match(child.name)
+        if not child.is_dir() or child == paths.main(level_dir) or not m:
             continue
-        hp = read_json(child / "hparams.json")
+        hp = read_json(paths.hparams(child))
         name = (hp or {}).get("branch_name") or m["name"]
         interpolation = name == "instability" or any(
             (child / f).exists() for f in INSTABILITY_FILES
         )
-        stage = child / "main" if (child / "main").is_dir() and not interpolation else child
+        stage = paths.main(child) if paths.main(child).is_dir() and not interpolation else child
         row = {**base, "kind": "branch", "branch": name, "branch_dir": child.name}
         row["path"] = str(stage)
         row.update(level_hparams)
         if interpolation:
-            info = read_json(child / "instability.json")
+            info = read_json(paths.instability(child))
             row["status"] = DONE if info is not None else INCOMPLETE
-            row["has_checkpoint"] = any(child.glob("copy_*/checkpoint.pt"))
+            row["has_checkpoint"] = any(
+                paths.checkpoint(c).exists() for _, c in paths.numbered(child, "copy")
+            )
             for key in SUMMARY_KEYS:
                 row[key] = np.nan
             for key in ("train_instability", "test_instability", "start_iteration"):
@@ -247,7 +238,7 @@ def _branch_rows(level_dir: Path, base: dict) -> list[dict]:
             if info is None:  # in progress: k from the flags where they say it in iterations
                 row["start_iteration"] = _branch_start(hp, row)
         else:
-            row = _main_stage(row, stage, child / "hparams.json")
+            row = _main_stage(row, stage, paths.hparams(child))
             row["_own_density"] = _density(stage)[0]
             if _missing(row.get("start_iteration")) and hp and "start_iteration" in hp:
                 row["start_iteration"] = float(hp["start_iteration"])
@@ -280,20 +271,20 @@ def _branch_start(hp: dict | None, row: dict) -> float:
 def _stages(root: Path) -> list[dict]:
     rows = []
     for run_dir in sorted(root.iterdir()):
-        m = _HASHED.match(run_dir.name)
+        m = paths.HASHED.match(run_dir.name)
         if not run_dir.is_dir() or not m or m["name"] not in ("train", "lottery"):
             continue
-        for replicate, rep_dir in _numbered(run_dir, "replicate"):
+        for replicate, rep_dir in paths.numbered(run_dir, "replicate"):
             if m["name"] == "train":
-                main = rep_dir / "main"
+                main = paths.main(rep_dir)
                 if main.is_dir():
                     row = _stage_row("train", run_dir.name, replicate, np.nan, main)
                     row = _main_stage(row, main)
                     row["density"] = 1.0
                     rows.append(row)
                 continue
-            for level, level_dir in _numbered(rep_dir, "level"):
-                main = level_dir / "main"
+            for level, level_dir in paths.numbered(rep_dir, "level"):
+                main = paths.main(level_dir)
                 density, _ = _density(main)
                 row = _stage_row("lottery", run_dir.name, replicate, level, main)
                 if main.is_dir():
@@ -395,9 +386,9 @@ def metrics(root: str | Path, runs_df: pd.DataFrame | None = None) -> pd.DataFra
     parts = []
     for _, row in table.iterrows():
         path = Path(row["path"])
-        sources = [(np.nan, path / "metrics.csv")]
-        if row["kind"] == "branch" and not (path / "metrics.csv").exists():
-            sources = [(n, c / "metrics.csv") for n, c in _numbered_copies(path)]
+        sources = [(np.nan, paths.metrics(path))]
+        if row["kind"] == "branch" and not paths.metrics(path).exists():
+            sources = [(n, paths.metrics(c)) for n, c in paths.numbered(path, "copy")]
         for copy, csv in sources:
             data = read_metrics(csv)
             if data.empty:
@@ -409,21 +400,12 @@ def metrics(root: str | Path, runs_df: pd.DataFrame | None = None) -> pd.DataFra
     return _frame(parts, [*IDS, "copy", "iteration", "name", "value"])
 
 
-def _numbered_copies(path: Path) -> list[tuple[int, Path]]:
-    found = []
-    for child in path.glob("copy_*"):
-        suffix = child.name.removeprefix("copy_")
-        if child.is_dir() and suffix.isdigit():
-            found.append((int(suffix), child))
-    return sorted(found)
-
-
 # ----------------------------------------------------------------------------- sparsity
 
 
 def _layer_order(main: Path) -> list[str]:
     """The model's order of the prunable layers (the mask's), for tables."""
-    return list(try_load(main / "mask.pt") or {})
+    return list(try_load(paths.mask(main)) or {})
 
 
 def sparsity(
@@ -440,8 +422,8 @@ def sparsity(
     for _, row in table.iterrows():
         main = Path(row["path"])
         report = None if from_masks else read_json(main / "sparsity_report.json")
-        if report is None and (main / "mask.pt").exists():
-            mask = try_load(main / "mask.pt")
+        if report is None and (paths.mask(main)).exists():
+            mask = try_load(paths.mask(main))
             if mask is None:
                 continue
             layers = {n: {"kept": int(m.sum()), "total": m.numel()} for n, m in mask.items()}
@@ -524,7 +506,7 @@ def barriers(root: str | Path, runs_df: pd.DataFrame | None = None) -> pd.DataFr
     records = []
     for _, row in table.iterrows():
         path = Path(row["path"])
-        info = read_json(path / "instability.json")
+        info = read_json(paths.instability(path))
         record = _ids(row)
         if info is not None:
             record["source"] = "instability.json"
@@ -601,7 +583,7 @@ def pruned_weights(
             b = before[before["replicate"] == rep].iloc[0]
             a = after[after["replicate"] == rep].iloc[0]
             weights_path = final_weights(Path(b["path"]), b.get("end_iteration"))
-            masks = [Path(b["path"]) / "mask.pt", Path(a["path"]) / "mask.pt"]
+            masks = [paths.mask(Path(b["path"])), paths.mask(Path(a["path"]))]
             if weights_path is None or not all(m.exists() for m in masks):
                 continue
             weights = load_tensors(weights_path)

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from open_lth.experiments import packs, slurm, status
+from open_lth.foundations import paths
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = REPO / "main.py"
@@ -181,23 +182,21 @@ def is_done(run: Run, location: Path | None) -> bool:
             load_plugins()
             if strategy in registries.strategies and registries.strategies.get(strategy).one_shot:
                 levels = min(levels, 1)
-        return all(
-            (location / f"level_{L}" / "main" / "summary.json").exists() for L in range(levels + 1)
-        )
+        return all(paths.summary(paths.level_main(location, L)).exists() for L in range(levels + 1))
     if run and run[0] == "lottery_branch":
         # The location is the branch folder of the first level; the others have its name.
         replicate_dir = location.parent.parent
         levels = parse_levels(flag_value(run, "--levels", "") or "")
         return bool(levels) and all(
-            _stage_done(replicate_dir / f"level_{L}" / location.name) for L in levels
+            _stage_done(paths.level(replicate_dir, L) / location.name) for L in levels
         )
     return _stage_done(location)
 
 
 def _stage_done(folder: Path) -> bool:
     """A stage, an instability branch (instability.json) or a control (main/)."""
-    done = ("summary.json", "instability.json", "main/summary.json")
-    return any((folder / name).exists() for name in done)
+    done = (paths.summary(folder), paths.instability(folder), paths.summary(paths.main(folder)))
+    return any(path.exists() for path in done)
 
 
 def parse_levels(text: str) -> list[int]:

@@ -103,7 +103,7 @@ class Stage:
 
     @property
     def done(self) -> bool:
-        return (self.path / "summary.json").is_file()
+        return paths.summary(self.path).is_file()
 
     def metrics(self) -> pd.DataFrame:
         """metrics.csv in long format (iteration, name, value), complete rows only."""
@@ -180,29 +180,28 @@ class Run:
         return self.path.parent.name.split("_")[0]
 
     def levels(self) -> list[int]:
-        found = (re.fullmatch(r"level_(\d+)", p.name) for p in self.path.iterdir())
-        return sorted(int(m[1]) for m in found if m)
+        return [n for n, _ in paths.numbered(self.path, "level")]
 
     def level(self, level: int) -> Stage:
         if self.kind != "lottery":
             raise UserError(f"{self.path} is a {self.kind} run: it has no levels")
         if level not in self.levels():
             raise UserError(f"{self.path} has no level {level}; it has {self.levels()}")
-        return Stage.open(self.path / f"level_{level}" / "main", level)
+        return Stage.open(paths.level_main(self.path, level), level)
 
     def branches(self, level: int) -> list[str]:
-        folder = self.path / f"level_{level}"
-        return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name != "main")
+        folder = paths.level(self.path, level)
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and p != paths.main(folder))
 
     def branch(self, level: int, name: str) -> Stage:
-        folder = self.path / f"level_{level}" / name
+        folder = paths.level(self.path, level) / name
         if not folder.is_dir():
             raise UserError(f"{folder} does not exist; branches: {self.branches(level)}")
         return Stage.open(folder, level)
 
     def main(self) -> Stage:
         """A `train` run's one stage."""
-        return Stage.open(self.path / "main")
+        return Stage.open(paths.main(self.path))
 
 
 def open_run(path: str | Path) -> Run | Stage:
@@ -211,7 +210,7 @@ def open_run(path: str | Path) -> Run | Stage:
     path = Path(path).expanduser()
     if not path.is_dir():
         raise UserError(f"{path} does not exist or is not a folder")
-    if re.fullmatch(r"replicate_\d+", path.name) and path.parent.name.startswith(
+    if paths.number(path, "replicate") is not None and path.parent.name.startswith(
         ("lottery_", "train_")
     ):
         return Run(path)

@@ -124,3 +124,35 @@ def test_main_loads_every_plugin() -> None:
     assert {"randomly_prune", "instability"} <= set(registries.branches.names())
     assert {"magnitude", "fisher", "random", "gem_miner"} <= set(registries.strategies.names())
     assert {"mnist", "cifar10"} <= set(registries.datasets.names())
+
+
+LAYOUT_NAMES = {"main", "summary.json", "instability.json", "mask.pt", "metrics.csv"}
+LAYOUT_NAMES |= {"checkpoint.pt", "hparams.json"}
+
+
+def test_one_module_owns_the_on_disk_layout() -> None:
+    """Folder and file names of a run (`main`, `summary.json`, `level_<L>`, ...) are
+    spelled in open_lth/foundations/paths.py only: the core that writes them and the
+    tools that read them (experiments' loading, status, sweeps) ask it."""
+    owner = REPO / "open_lth" / "foundations" / "paths.py"
+    readers = [REPO / "experiments" / n for n in ("load.py", "sweep.py", "folder_status.py")]
+    spelled = []
+    for path in [*core_modules(), *readers]:
+        if path == owner:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            # A path joined by hand: `folder / "main"`, `run / f"replicate_{r}"`, a glob.
+            joined = isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)
+            part = node.right if joined else node
+            text = None
+            if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                text = part.value
+            elif isinstance(part, ast.JoinedStr) and isinstance(part.values[0], ast.Constant):
+                text = part.values[0].value
+            if text is None:
+                continue
+            prefix = text.startswith(("level_", "replicate_", "copy_"))
+            numbered = prefix and (joined or text.endswith("*"))
+            if (joined and text in LAYOUT_NAMES) or numbered:
+                spelled.append(f"{path.relative_to(REPO)}:{node.lineno}: {text!r}")
+    assert not spelled, "\n".join(spelled)

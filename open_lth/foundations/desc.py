@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
-from open_lth.foundations import formats
+from open_lth.foundations import formats, paths
 from open_lth.foundations.hparams import DefaultHparams, Hparams
 from open_lth.foundations.store import atomic_write_json, atomic_write_text
 
@@ -64,7 +64,7 @@ class Desc:
         """hparams.json (the source of truth, with the format of the rules the folder
         is made under) and hparams.txt (for people)."""
         record = {**self.to_dict(), formats.KEY: formats.FORMAT}
-        atomic_write_json(Path(directory) / "hparams.json", record)
+        atomic_write_json(paths.hparams(directory), record)
         atomic_write_text(Path(directory) / "hparams.txt", self.display() + "\n")
 
 

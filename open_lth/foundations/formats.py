@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from open_lth.foundations import paths
 from open_lth.foundations.errors import UserError
 
 FORMAT = 3
@@ -35,7 +36,7 @@ def of(directory: Path) -> int | None:
     with files but no `format` (made before formats were recorded); None for a folder
     that holds nothing yet."""
     directory = Path(directory)
-    path = directory / "hparams.json"
+    path = paths.hparams(directory)
     if path.exists():
         try:
             value = json.loads(path.read_text()).get(KEY)

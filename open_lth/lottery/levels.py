@@ -59,7 +59,7 @@ def parse_levels(text: str, flag: str = "--levels") -> list[int]:
 
 
 def level_dir(replicate_dir: Path, level: int) -> Path:
-    return Path(replicate_dir) / f"level_{level}" / "main"
+    return paths.level_main(replicate_dir, level)
 
 
 @dataclass
@@ -216,12 +216,7 @@ def supermask_metrics(model: Model, data: Data, bf16: bool = False) -> dict[str,
 
 
 def existing_levels(replicate_dir: Path) -> list[int]:
-    found = []
-    for child in Path(replicate_dir).glob("level_*"):
-        suffix = child.name.removeprefix("level_")
-        if child.is_dir() and suffix.isdigit():
-            found.append(int(suffix))
-    return sorted(found)
+    return [n for n, _ in paths.numbered(replicate_dir, "level")]
 
 
 def check_format(desc: LotteryDesc, replicate_dir: Path) -> None:

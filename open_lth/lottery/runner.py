@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from open_lth.foundations import registries
+from open_lth.foundations import paths, registries
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import DefaultHparams
 from open_lth.foundations.masks import Mask
@@ -81,7 +81,7 @@ class LotteryRunner(Runner):
 
     @property
     def output_location(self) -> Path:
-        return self.job.platform.root / self.desc.hashname / f"replicate_{self.job.replicate}"
+        return paths.replicate(self.job.platform.root / self.desc.hashname, self.job.replicate)
 
     def run(self) -> None:
         out = self.output_location

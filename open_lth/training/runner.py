@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from open_lth.foundations import registries
+from open_lth.foundations import paths, registries
 from open_lth.foundations.desc import Desc
 from open_lth.foundations.hparams import (
     DatasetHparams,
@@ -63,9 +63,8 @@ class TrainingRunner(Runner):
 
     @property
     def output_location(self) -> Path:
-        return (
-            self.job.platform.root / self.desc.hashname / f"replicate_{self.job.replicate}" / "main"
-        )
+        run_dir = self.job.platform.root / self.desc.hashname
+        return paths.main(paths.replicate(run_dir, self.job.replicate))
 
     def run(self) -> None:
         out = self.output_location

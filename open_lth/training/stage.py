@@ -86,7 +86,7 @@ def models_made_for(dataset_name: str) -> str:
 
 
 def summary_path(out: Path) -> Path:
-    return Path(out) / "summary.json"
+    return paths.summary(out)
 
 
 def is_done(out: Path) -> bool:

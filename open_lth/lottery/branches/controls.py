@@ -32,7 +32,7 @@ class TrainingBranch(Branch):
     """A control: one network, trained like a level, into `<branch>/main/`."""
 
     def is_done(self, out: Path) -> bool:
-        return stage.is_done(out / "main")
+        return stage.is_done(paths.main(out))
 
     def training(self, ctx: BranchContext) -> TrainingHparams:
         return ctx.levels.desc.training
@@ -43,7 +43,7 @@ class TrainingBranch(Branch):
 
     def run(self, ctx: BranchContext) -> str:
         model, mask, start = self.network(ctx)
-        out = ctx.out / "main"
+        out = paths.main(ctx.out)
         out.mkdir(parents=True, exist_ok=True)
         masks.save(mask, paths.mask(out))
         atomic_write_json(out / "sparsity_report.json", masks.report(mask, ctx.levels.ignored))

@@ -17,7 +17,6 @@ from open_lth.lottery.desc import LotteryDesc
 from open_lth.lottery.levels import level_dir
 
 _RUN = re.compile(rf"{LotteryDesc.prefix}_[0-9a-f]{{32}}")
-_REPLICATE = re.compile(r"replicate_(\d+)")
 
 
 def lottery_flags() -> set[str]:
@@ -30,9 +29,9 @@ def lottery_flags() -> set[str]:
 def recorded(run: Path, replicate: int | None = None) -> Path | None:
     """A lottery run's hparams.json: level 0's, saved before anything else of a replicate
     (the given replicate's, else the first replicate's that has one)."""
-    replicates = sorted(run.glob("replicate_*"))
+    replicates = [folder for _, folder in paths.numbered(run, "replicate")]
     if replicate is not None:
-        replicates = [run / f"replicate_{replicate}"]
+        replicates = [paths.replicate(run, replicate)]
     for folder in replicates:
         path = paths.hparams(level_dir(folder, 0))
         if path.is_file():
@@ -52,8 +51,8 @@ def from_folder(args: argparse.Namespace) -> LotteryDesc:
         )
     run = Path(args.lottery).expanduser()
     replicate = None
-    if _REPLICATE.fullmatch(run.name):
-        replicate, run = int(_REPLICATE.fullmatch(run.name)[1]), run.parent
+    if paths.number(run, "replicate") is not None:
+        replicate, run = paths.number(run, "replicate"), run.parent
     if not run.is_dir() or not _RUN.fullmatch(run.name):
         raise UserError(
             f"--lottery={args.lottery} is not a lottery run's folder: give its "

@@ -91,7 +91,7 @@ class InstabilityBranch(Branch):
             )
 
     def is_done(self, out: Path) -> bool:
-        return (out / "instability.json").exists()
+        return paths.instability(out).exists()
 
     def run(self, ctx: BranchContext) -> str:
         levels, level, out = ctx.levels, ctx.level, ctx.out
@@ -112,14 +112,14 @@ class InstabilityBranch(Branch):
             apply_mask(model, mask)
 
         a, b = self.hparams.seeds
-        copies = [Copy(out / "copy_1", Seeds(a, a)), Copy(out / "copy_2", Seeds(b, b))]
+        copies = [Copy(paths.copy(out, 1), Seeds(a, a)), Copy(paths.copy(out, 2), Seeds(b, b))]
         for c in copies:
             c.out.mkdir(parents=True, exist_ok=True)
         models = [model, copy.deepcopy(model)]
         data = levels.data
         train_copies(
             models, training, data.train, data.test, data.batch_size, copies,
-            out / "checkpoint.pt", ctx.job.options, mask, start_iteration=k,
+            paths.checkpoint(out), ctx.job.options, mask, start_iteration=k,
         )  # fmt: skip
         for c in copies:
             atomic_write_json(stage.summary_path(c.out), stage.summarize(c.out))
@@ -139,7 +139,7 @@ class InstabilityBranch(Branch):
             (level_dir(levels.replicate_dir, level) / "sparsity_report.json").read_text()
         )
         result.update(start_iteration=k, level=level, density=density["density"])
-        atomic_write_json(out / "instability.json", result)
+        atomic_write_json(paths.instability(out), result)
         # --bn_stats only matters, and is only worth a word, where there is BatchNorm.
         bn = f" (BatchNorm statistics: {self.hparams.bn_stats})" if has_batchnorm(model) else ""
         return (

@@ -9,7 +9,7 @@ import hashlib
 from pathlib import Path
 from typing import ClassVar
 
-from open_lth.foundations import formats, registries
+from open_lth.foundations import formats, paths, registries
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import DefaultHparams
 from open_lth.foundations.runner import Runner
@@ -93,7 +93,7 @@ class BranchRunner(Runner):
 
     @property
     def replicate_dir(self) -> Path:
-        return self.job.platform.root / self.desc.hashname / f"replicate_{self.job.replicate}"
+        return paths.replicate(self.job.platform.root / self.desc.hashname, self.job.replicate)
 
     def branch_dir(self, level: int) -> Path:
         text = str(self.branch.hparams)
@@ -142,6 +142,6 @@ class BranchRunner(Runner):
                     "start_iteration": self.branch.start_iteration(ctx),
                     formats.KEY: formats.FORMAT,
                 }
-                atomic_write_json(ctx.out / "hparams.json", record)
+                atomic_write_json(paths.hparams(ctx.out), record)
                 line = self.branch.run(ctx)
             print(f"level {ctx.level}: {line}; results in {ctx.out}")
