@@ -12,7 +12,7 @@ from typing import NoReturn
 from open_lth.foundations import distributed, registries
 from open_lth.foundations.errors import TrainingDiverged, UserError
 from open_lth.foundations.runner import Runner
-from open_lth.training.trainer import Interrupted
+from open_lth.training.signals import Interrupted
 
 
 class Parser(argparse.ArgumentParser):

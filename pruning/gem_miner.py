@@ -56,7 +56,8 @@ from open_lth.lottery.strategy import PruneContext, Strategy
 from open_lth.pruning.at_init import AtInitHparams, resolve_density
 from open_lth.pruning.select import remove_lowest, survivors
 from open_lth.training.data import derive_seed
-from open_lth.training.trainer import Interrupted, iterations_per_epoch, signals_to_flag
+from open_lth.training.signals import Interrupted, signals_to_flag
+from open_lth.training.trainer import iterations_per_epoch
 
 CHECKPOINT = "gem_miner_checkpoint.pt"
 

@@ -20,7 +20,7 @@ from open_lth.foundations.errors import TrainingDiverged
 from open_lth.foundations.hparams import DatasetHparams, ModelHparams, TrainingHparams
 from open_lth.foundations.model import build_model
 from open_lth.main import load_plugins
-from open_lth.training import trainer
+from open_lth.training import loop
 from open_lth.training.data import load
 from open_lth.training.train_step import EagerStep, StaticStep
 from open_lth.training.trainer import Copy, Seeds, TrainOptions, train, train_copies
@@ -92,7 +92,7 @@ def test_fp16_on_a_cpu_says_so_once(cli, tmp_path: Path, monkeypatch) -> None:
 HP = DatasetHparams("mnist", 60, subsample_fraction=0.02)  # 1,200 images: 20 it/epoch
 MODEL = ModelHparams("mnist_lenet_300_100", "kaiming_normal", "uniform")
 SKIPPED = {5, 24}  # iterations whose gradients are made infinite
-MAKE_STEP = trainer.make_step
+MAKE_STEP = loop.make_step
 
 
 def poisoned(start: int, crash_at: int | None = None, nan_loss_at: int | None = None):
@@ -135,9 +135,9 @@ def test_a_killed_fp16_pack_resumes_with_its_scaler(tmp_path: Path, monkeypatch)
     """Two skipped steps, one before and one after the checkpoint the killed pack
     resumes from: the same weights and metrics, to the bit, as the pack never killed,
     and each run's checkpoint held the pack's halved scale."""
-    monkeypatch.setattr(trainer, "make_step", poisoned(0))
+    monkeypatch.setattr(loop, "make_step", poisoned(0))
     straight = fit_pack(tmp_path / "straight")
-    monkeypatch.setattr(trainer, "make_step", poisoned(0, crash_at=27))
+    monkeypatch.setattr(loop, "make_step", poisoned(0, crash_at=27))
     with pytest.raises(RuntimeError, match="killed"):
         fit_pack(tmp_path / "resumed", checkpoint_every="10it")
     for j in (0, 1):
@@ -145,7 +145,7 @@ def test_a_killed_fp16_pack_resumes_with_its_scaler(tmp_path: Path, monkeypatch)
         assert ckpt["iteration"] == 20
         assert ckpt["grad_scaler"]["scale"] == 2.0**15  # halved once, at iteration 5
         assert ckpt["grad_scaler"]["_growth_tracker"] == 14  # finite steps since
-    monkeypatch.setattr(trainer, "make_step", poisoned(20))
+    monkeypatch.setattr(loop, "make_step", poisoned(20))
     resumed = fit_pack(tmp_path / "resumed", checkpoint_every="10it")
     strip = lambda t: [r for r in t.splitlines() if "wall_seconds" not in r]  # noqa: E731
     for j in (0, 1):
@@ -158,7 +158,7 @@ def test_a_killed_fp16_pack_resumes_with_its_scaler(tmp_path: Path, monkeypatch)
 def test_a_nan_loss_still_diverges_with_fp16(tmp_path: Path, monkeypatch) -> None:
     train_data, _ = load(HP, DATA, True, CPU)
     test_data, _ = load(HP, DATA, False, CPU)
-    monkeypatch.setattr(trainer, "make_step", poisoned(0, nan_loss_at=7))
+    monkeypatch.setattr(loop, "make_step", poisoned(0, nan_loss_at=7))
     training = TrainingHparams("adam", 2**-10, "20it", fp16=True)
     with pytest.raises(TrainingDiverged, match="NaN or infinite by iteration 8"):
         train(build_model(MODEL, 10, 1), training, train_data, test_data, 60, tmp_path,

@@ -20,7 +20,7 @@ from open_lth.lottery.levels import level_dir
 from open_lth.lottery.strategy import PruneContext
 from open_lth.pruning.gem_miner import GemMinerHparams, GemMinerStrategy
 from open_lth.training.data import DeviceData
-from open_lth.training.trainer import Interrupted
+from open_lth.training.signals import Interrupted
 
 CPU = torch.device("cpu")
 

@@ -22,7 +22,8 @@ from open_lth.main import load_plugins
 from open_lth.training import interpolation
 from open_lth.training.data import DeviceData, load
 from open_lth.training.interpolation import barrier, evaluate_path
-from open_lth.training.trainer import Copy, Interrupted, Seeds, TrainOptions, train, train_copies
+from open_lth.training.signals import Interrupted
+from open_lth.training.trainer import Copy, Seeds, TrainOptions, train, train_copies
 
 load_plugins()
 CPU = torch.device("cpu")

@@ -16,7 +16,7 @@ from open_lth.foundations import paths
 from open_lth.foundations.hparams import DatasetHparams, ModelHparams, TrainingHparams
 from open_lth.foundations.model import build_model
 from open_lth.main import load_plugins
-from open_lth.training import trainer
+from open_lth.training import loop, trainer
 from open_lth.training.data import load
 from open_lth.training.schedule import build_optimizer
 from open_lth.training.stacked import (
@@ -109,7 +109,7 @@ def fit(
     nets = [
         build_model(RESNET if resnet else LENET, 10, seed).to(device) for seed in range(1, k + 1)
     ]
-    real = trainer.make_step
+    real = loop.make_step
     calls = [0]
 
     def crashing(*args: object) -> object:
@@ -124,11 +124,11 @@ def fit(
 
         return take
 
-    trainer.make_step = crashing
+    loop.make_step = crashing
     try:
         train_copies(nets, training, train_data, test_data, hp.batch_size, copies, None, options)
     finally:
-        trainer.make_step = real
+        loop.make_step = real
     return [torch.load(paths.weights(c.out, steps), weights_only=True) for c in copies]
 
 

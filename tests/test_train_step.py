@@ -21,7 +21,7 @@ from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import DatasetHparams, ModelHparams, TrainingHparams
 from open_lth.foundations.model import build_model
 from open_lth.main import load_plugins
-from open_lth.training import trainer
+from open_lth.training import loop
 from open_lth.training.data import BatchesInStep, load
 from open_lth.training.evaluation import layout
 from open_lth.training.schedule import build_optimizer
@@ -199,7 +199,7 @@ def test_the_trainer_draws_inside_a_replayed_step(tmp_path: Path, monkeypatch) -
         return {j: torch.load(paths.weights(out / str(j), 45), weights_only=True) for j in (0, 1)}
 
     plain = fit(tmp_path / "plain")
-    monkeypatch.setattr(trainer, "make_step", static_step)
+    monkeypatch.setattr(loop, "make_step", static_step)
     inside = fit(tmp_path / "inside")
     assert used and used[0].step.parts.source is not None
     crash_after[0] = 27
@@ -349,8 +349,8 @@ def test_a_model_that_cannot_be_captured(mode: str, capsys, monkeypatch) -> None
 CRASH_AFTER = """
 import os, sys
 sys.path.insert(0, os.getcwd())
-import open_lth.training.trainer as trainer
-real = trainer.make_step
+import open_lth.training.loop as loop
+real = loop.make_step
 def make_step(*args, **kwargs):
     step, count = real(*args, **kwargs), [0]
     def crashing(x, y, lr):
@@ -359,7 +359,7 @@ def make_step(*args, **kwargs):
             os._exit(9)  # as SIGKILL: no checkpoint on the way out
         step(x, y, lr)
     return crashing
-trainer.make_step = make_step
+loop.make_step = make_step
 from open_lth.main import main
 sys.exit(main(sys.argv[1:]))
 """

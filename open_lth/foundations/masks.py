@@ -12,6 +12,15 @@ from open_lth.foundations.store import atomic_torch_save, torch_load
 Mask = dict[str, torch.Tensor]  # prunable weight name -> bool tensor, True = kept
 
 
+def apply_mask(model: torch.nn.Module, mask: Mask | None) -> None:
+    """Zero the pruned weights in place."""
+    if mask:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, keep in mask.items():
+                params[name].mul_(keep.to(params[name].device, params[name].dtype))
+
+
 def dense(model: Model) -> Mask:
     params = dict(model.named_parameters())
     return {n: torch.ones_like(params[n], dtype=torch.bool) for n in model.prunable_layer_names}

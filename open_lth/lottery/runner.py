@@ -14,7 +14,7 @@ from pathlib import Path
 from open_lth.foundations import paths, registries
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import DefaultHparams
-from open_lth.foundations.masks import Mask
+from open_lth.foundations.masks import Mask, apply_mask
 from open_lth.foundations.model import Model
 from open_lth.foundations.runner import Runner
 from open_lth.foundations.store import RunLock
@@ -22,7 +22,7 @@ from open_lth.lottery.desc import LotteryDesc
 from open_lth.lottery.levels import Levels, check_format, level_dir, parse_levels, supermask_metrics
 from open_lth.training import stage
 from open_lth.training.job import Job, add_job_args, create_job
-from open_lth.training.trainer import Seeds, apply_mask
+from open_lth.training.trainer import Seeds
 
 
 @registries.subcommands.register("lottery")

@@ -16,8 +16,8 @@ from open_lth.foundations.model import Model
 from open_lth.foundations.store import atomic_write_text
 from open_lth.training.data import DeviceData
 from open_lth.training.evaluation import evaluate_copies, layout
+from open_lth.training.signals import Interrupted, signals_to_flag
 from open_lth.training.stacked import repeat_input, stack
-from open_lth.training.trainer import Interrupted, signals_to_flag
 
 CHUNK = 10  # interpolated networks evaluated together; also the unit of resumption
 HEADER = "alpha,split,error,loss\n"

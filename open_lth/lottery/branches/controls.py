@@ -18,14 +18,13 @@ import torch
 from open_lth.foundations import masks, paths, registries
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import Hparams, TrainingHparams, hp
-from open_lth.foundations.masks import Mask
+from open_lth.foundations.masks import Mask, apply_mask
 from open_lth.foundations.model import Model
 from open_lth.foundations.store import atomic_write_json
 from open_lth.lottery.branches.base import Branch, BranchContext
 from open_lth.lottery.levels import refuse_collapse
 from open_lth.training import stage
 from open_lth.training.data import derive_seed
-from open_lth.training.trainer import apply_mask
 
 
 class TrainingBranch(Branch):

@@ -22,12 +22,13 @@ from typing import ClassVar
 from open_lth.foundations import paths, registries
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import Hparams, hp
+from open_lth.foundations.masks import apply_mask
 from open_lth.foundations.store import atomic_write_json, torch_load
 from open_lth.lottery.branches.base import Branch, BranchContext
 from open_lth.lottery.levels import has_batchnorm, level_dir
 from open_lth.training import stage
 from open_lth.training.interpolation import alphas, barrier, evaluate_path
-from open_lth.training.trainer import Copy, Seeds, apply_mask, train_copies
+from open_lth.training.trainer import Copy, Seeds, train_copies
 
 
 @dataclass
