@@ -16,13 +16,7 @@ PLUGINS = ("models", "datasets", "pruning", "platforms")
 ALLOWED = {
     "open_lth.foundations": ("open_lth.foundations",),
     "open_lth.training": ("open_lth.foundations", "open_lth.training"),
-    # A pack parses each of its runs' command lines with the CLI's own parser.
-    "open_lth.lottery": (
-        "open_lth.foundations",
-        "open_lth.training",
-        "open_lth.lottery",
-        "open_lth.cli",
-    ),
+    "open_lth.lottery": ("open_lth.foundations", "open_lth.training", "open_lth.lottery"),
     "open_lth.cli": ("open_lth.foundations", "open_lth.training"),
 }
 PROJECT = ("open_lth", "main", "experiments", "benchmarks", *PLUGINS)
@@ -74,6 +68,15 @@ def test_the_core_has_rooms_and_imports_inward() -> None:
             if not any(imported.startswith(r + ".") for r in ALLOWED[room]):
                 wrong.append(f"{name} imports {imported}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_lottery_runner_builds_on_the_pack_and_not_the_reverse() -> None:
+    """A lone lottery run is a pack of one: the runner imports the pack, and the pack
+    (which asks its runs through a Protocol) imports neither the runner nor the CLI."""
+    lottery = REPO / "open_lth" / "lottery"
+    assert "open_lth.lottery.pack" in project_imports(lottery / "runner.py")
+    pack = project_imports(lottery / "pack.py")
+    assert not {i for i in pack if i.startswith(("open_lth.lottery.runner", "open_lth.cli"))}
 
 
 def test_plugins_import_the_core_and_not_each_other() -> None:

@@ -17,6 +17,7 @@ surviving weights start. The lottery runner and the branches share these.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from open_lth.foundations.model import Model, build_model
 from open_lth.foundations.store import atomic_write_json
 from open_lth.lottery.desc import LotteryDesc
 from open_lth.lottery.strategy import PruneContext, Strategy
+from open_lth.training import stage
 from open_lth.training.data import derive_seed
 from open_lth.training.evaluation import evaluate
 from open_lth.training.interpolation import recompute_bn_stats
@@ -237,3 +239,43 @@ def check_format(desc: LotteryDesc, replicate_dir: Path) -> None:
         what = strategy.changed_since(made, desc.pruning, model)
         if what:
             raise formats.refuse(out, made, what)
+
+
+def summary_table(replicate_dir: Path) -> str:
+    """Level, % of weights remaining, best and final test accuracy, supermask accuracy
+    (with re-estimated BatchNorm statistics too where the model has BatchNorm)."""
+    rows, bn, rewound = [], False, set()
+    level = 0
+    while (level_dir(replicate_dir, level) / "sparsity_report.json").exists():
+        out = level_dir(replicate_dir, level)
+        density = json.loads((out / "sparsity_report.json").read_text())["density"]
+        s = stage.read_summary(out) if stage.is_done(out) else None
+        if s is not None:
+            bn |= "supermask_test_accuracy_bn_recomputed" in s
+            if s.get("start_iteration"):
+                rewound.add(s["start_iteration"])
+        rows.append((level, density, s))
+        level += 1
+    if level == 0:
+        return f"no levels yet in {replicate_dir}"
+    keys = ["best_test_accuracy", "final_test_accuracy", "supermask_test_accuracy"]
+    header = f"{'level':>5} {'remaining %':>12} {'best acc':>9} {'final acc':>9} {'supermask':>9}"
+    if bn:
+        keys.append("supermask_test_accuracy_bn_recomputed")
+        header += f" {'supermask (BN re-estimated)':>27}"
+    lines = [header]
+    for level, density, s in rows:
+        if s is None:
+            cells = f"{'(not finished)':>29}"
+        else:
+            cells = " ".join(f"{s.get(k, float('nan')):>9.4f}" for k in keys[:3])
+            if bn:
+                cells += f" {s.get(keys[3], float('nan')):>27.4f}"
+        lines.append(f"{level:>5} {100 * density:>12.2f} {cells}")
+    if rewound:
+        k = ", ".join(f"{i}it" for i in sorted(rewound))
+        lines.append(
+            f"(levels past 0 start from the dense run's weights at step {k}: their supermask "
+            "is the masked network with those weights, not an untrained one)"
+        )
+    return "\n".join(lines)

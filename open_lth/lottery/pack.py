@@ -28,27 +28,52 @@ import dataclasses
 import os
 import shlex
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
 from open_lth.foundations import paths, registries
 from open_lth.foundations.errors import TrainingDiverged, UserError
 from open_lth.foundations.hparams import DefaultHparams
-from open_lth.foundations.runner import Runner
+from open_lth.foundations.runner import Runner, parse
 from open_lth.foundations.store import RunLock, atomic_write_json
-from open_lth.lottery.levels import Levels, check_format, level_dir
-from open_lth.lottery.runner import LotteryRunner, summary_table
+from open_lth.lottery.desc import LotteryDesc
+from open_lth.lottery.levels import Levels, check_format, level_dir, summary_table
 from open_lth.training import checkpoints, stage
+from open_lth.training.job import Job
 from open_lth.training.trainer import Copy, train_copies
+
+
+class PackMember(Protocol):
+    """What a pack asks of each of its runs (open_lth.lottery.runner.LotteryRunner,
+    which builds on this module: a lone run is a pack of one)."""
+
+    desc: LotteryDesc
+    job: Job
+    levels: int
+    summary: bool
+
+    @property
+    def output_location(self) -> Path: ...
+
+    def finished(self) -> bool: ...
+
+    def start_level(self, levels: Levels, level: int) -> Any: ...
+
+
+FINISHED = "already finished; results in "
 
 
 @registries.subcommands.register("pack")
 class PackRunner(Runner):
     description = "Train several lottery runs together, level by level, as one stacked network."
 
-    def __init__(self, members: list[LotteryRunner]) -> None:
-        check_compatible(members)
+    def __init__(self, members: list[PackMember], alone: bool = False) -> None:
+        """`alone`: a lone `lottery` run, a pack of one that speaks as a lone run."""
+        if not alone:
+            check_compatible(members)
         self.members = members
+        self.alone = alone
 
     @staticmethod
     def add_args(parser: argparse.ArgumentParser, defaults: DefaultHparams | None) -> None:
@@ -64,9 +89,7 @@ class PackRunner(Runner):
 
     @classmethod
     def create_from_args(cls, args: argparse.Namespace) -> PackRunner:
-        from open_lth import cli  # the parser of each run's command line
-
-        members: list[LotteryRunner] = []
+        members: list[PackMember] = []
         for n, text in enumerate(args.runs, 1):
             try:
                 argv = shlex.split(text)
@@ -77,7 +100,7 @@ class PackRunner(Runner):
                     f"pack: each run is a quoted `lottery ...` command line; got '{text}'"
                 )
             try:
-                runner, _ = cli.parse(argv)
+                runner, _ = parse(argv)
             except UserError as e:
                 raise UserError(f"pack: run {n}: {e}") from None
             members += runner.members if isinstance(runner, PackRunner) else [runner]
@@ -96,9 +119,7 @@ class PackRunner(Runner):
         for m in members:
             check_format(m.desc, m.output_location)
         if any(m.summary for m in members) or all(m.finished() for m in members):
-            for m in members:
-                state = "" if any(x.summary for x in members) else "already finished; "
-                print(f"{state}results in {m.output_location}\n{summary_table(m.output_location)}")
+            self.show_results("results in " if any(x.summary for x in members) else FINISHED)
             return
         first = members[0]
         data = stage.load_data(first.desc.dataset, first.job)
@@ -109,15 +130,7 @@ class PackRunner(Runner):
             lv.check(lv.new_model())
         in_turn = trains_in_turn(first.desc.model.model_name, data.train.device)
         if not quiet:
-            print(first.desc.display())
-            how = (
-                "one after the other (a convolutional model on a CPU)"
-                if in_turn
-                else "as one stacked network"
-            )
-            print(f"A pack of {len(members)} runs, trained {how}:")
-            for m in members:
-                print(f"  {m.output_location}  ({m.desc.pruning.pruning_strategy})")
+            self.announce(in_turn)
         failed: dict[int, str] = {}
         with contextlib.ExitStack() as locks:
             for m in members:
@@ -129,15 +142,43 @@ class PackRunner(Runner):
                     if i not in failed and not stage.is_done(level_dir(lv.replicate_dir, level))
                 ]
                 failed.update(self.run_level(levels, level, todo, in_turn))
-        for i, m in enumerate(members):
-            if i not in failed:
-                print(f"{m.output_location}\n{summary_table(m.output_location)}")
+        self.show_results(None, skip=failed)
         if failed:
             named = "; ".join(f"{members[i].output_location}: {why}" for i, why in failed.items())
             raise TrainingDiverged(
                 f"{len(failed)} of {len(members)} runs of the pack diverged ({named}); "
                 "the others finished"
             )
+
+    def announce(self, in_turn: bool) -> None:
+        first = self.members[0]
+        print(first.desc.display())
+        if self.alone:
+            print(f"Output location: {first.output_location}")
+            return
+        how = "one after the other (a convolutional model on a CPU)" if in_turn else None
+        print(f"A pack of {len(self.members)} runs, trained {how or 'as one stacked network'}:")
+        for m in self.members:
+            print(f"  {m.output_location}  ({m.desc.pruning.pruning_strategy})")
+
+    def show_results(self, lead: str | None, skip: dict[int, str] | None = None) -> None:
+        """Each run's summary table under `lead` and its folder (None: the folder alone).
+        A lone run shows its table alone, unless it had already finished."""
+        for i, m in enumerate(self.members):
+            if i in (skip or {}):
+                continue
+            head: str | None = f"{lead or ''}{m.output_location}"
+            if self.alone and lead != FINISHED:
+                head = None
+            table = summary_table(m.output_location)
+            print(table if head is None else f"{head}\n{table}")
+
+    def write_summary(self, out: Path, level: int, quiet: bool) -> None:
+        summary = stage.summarize(out)
+        atomic_write_json(stage.summary_path(out), summary)
+        if not quiet:
+            run = "" if self.alone else f" {out.parent.parent.name}"
+            print(f"level {level}{run}: test accuracy {summary['final_test_accuracy']:.4f}")
 
     def run_level(
         self, levels: list[Levels], level: int, todo: list[int], in_turn: bool
@@ -153,7 +194,8 @@ class PackRunner(Runner):
         for i in todo:
             s = self.members[i].start_level(levels[i], level)
             if paths.weights(s.out, levels[i].end).exists() and at[s.out] is None:
-                _write_summary(s.out, level, quiet=True)  # trained; killed before its summary
+                # Trained; killed before its summary (a pack writes it quietly).
+                self.write_summary(s.out, level, quiet=not self.alone or first.job.options.quiet)
                 continue
             # Runs train together when they are at the same point: fresh from the same
             # start, or resuming from checkpoints at the same iteration.
@@ -181,7 +223,7 @@ class PackRunner(Runner):
                 if j in diverged:
                     failed[i] = diverged[j]
                 else:
-                    _write_summary(c.out, level, first.job.options.quiet)
+                    self.write_summary(c.out, level, first.job.options.quiet)
         return failed
 
 
@@ -192,14 +234,6 @@ def trains_in_turn(model_name: str, device: torch.device) -> bool:
     (their activations, K times larger, spill the caches; benchmarks/pack_speed.py).
     Stacked linear layers do pay on a CPU (16 LeNets 1.4x), and everything pays on a GPU."""
     return device.type == "cpu" and registries.models.get(model_name).is_convolutional
-
-
-def _write_summary(out: Path, level: int, quiet: bool) -> None:
-    summary = stage.summarize(out)
-    atomic_write_json(stage.summary_path(out), summary)
-    if not quiet:
-        replicate = out.parent.parent.name
-        print(f"level {level} {replicate}: test accuracy {summary['final_test_accuracy']:.4f}")
 
 
 def _iteration(path: Path) -> int | None:
@@ -235,7 +269,7 @@ def align_checkpoints(outs: list[Path]) -> dict[Path, int | None]:
     return at
 
 
-def _job_settings(m: LotteryRunner) -> dict[str, object]:
+def _job_settings(m: PackMember) -> dict[str, object]:
     platform, options = m.job.platform, m.job.options
     return {
         "--root": platform.root,
@@ -248,7 +282,7 @@ def _job_settings(m: LotteryRunner) -> dict[str, object]:
     }
 
 
-def differences(a: LotteryRunner, b: LotteryRunner) -> str | None:
+def differences(a: PackMember, b: PackMember) -> str | None:
     """The first thing `a` and `b` must share and do not, as a flag and two values."""
     if a.desc.model.model_name != b.desc.model.model_name:
         return f"--model_name ({a.desc.model.model_name} vs {b.desc.model.model_name})"
@@ -272,7 +306,7 @@ def differences(a: LotteryRunner, b: LotteryRunner) -> str | None:
     return None
 
 
-def check_compatible(members: list[LotteryRunner]) -> None:
+def check_compatible(members: list[PackMember]) -> None:
     """Refuse, in one line, a pack whose runs cannot take one step together."""
     if members[0].job.options.pack_streams > 1 and members[0].desc.training.compile:
         raise UserError("--pack_streams does not combine with --compile; leave one out")
