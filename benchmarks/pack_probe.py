@@ -28,7 +28,7 @@ import gpu_speed  # noqa: E402
 from open_lth.foundations.model import build_model  # noqa: E402
 from open_lth.training import trainer  # noqa: E402
 from open_lth.training.data import derive_seed  # noqa: E402
-from open_lth.training.evaluation import uses_channels_last  # noqa: E402
+from open_lth.training.precision import uses_channels_last  # noqa: E402
 from open_lth.training.schedule import build_optimizer  # noqa: E402
 from open_lth.training.stacked import stack  # noqa: E402
 from open_lth.training.train_step import EagerStep, StaticStep, StepParts  # noqa: E402

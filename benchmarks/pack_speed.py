@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_speed import load_spec, sync_time, trainer_its  # noqa: E402
 
 from open_lth.foundations.model import build_model  # noqa: E402
-from open_lth.training import evaluation  # noqa: E402
+from open_lth.training import precision as precision_module  # noqa: E402
 from open_lth.training.evaluation import evaluate_copies  # noqa: E402
 from open_lth.training.stacked import stack  # noqa: E402
 
@@ -111,7 +111,7 @@ def main() -> None:
     from open_lth.main import load_plugins
 
     load_plugins()
-    evaluation.CHANNELS_LAST = not args.nchw
+    precision_module.CHANNELS_LAST = not args.nchw
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     graphs = "auto" if cuda else "off"

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_speed  # noqa: E402
 
 from open_lth.foundations.model import build_model  # noqa: E402
-from open_lth.training import evaluation  # noqa: E402
+from open_lth.training import precision  # noqa: E402
 from open_lth.training.data import derive_seed  # noqa: E402
 from open_lth.training.schedule import build_optimizer  # noqa: E402
 from open_lth.training.train_step import EagerStep, StaticStep, StepParts  # noqa: E402
@@ -80,7 +80,7 @@ def grid(spec: dict) -> None:
     for channels_last in (True, False):
         for bench in (False, True):
             for bf16 in (False, True):
-                evaluation.CHANNELS_LAST = channels_last
+                precision.CHANNELS_LAST = channels_last
                 torch.backends.cudnn.benchmark = bench
                 rate = gpu_speed.trainer_its(spec, 1000, "auto", bf16=bf16)
                 print(
@@ -88,7 +88,7 @@ def grid(spec: dict) -> None:
                     f"bf16={bf16!s:5} trainer {rate:7.1f} it/s",
                     flush=True,
                 )
-    evaluation.CHANNELS_LAST = True
+    precision.CHANNELS_LAST = True
     torch.backends.cudnn.benchmark = False
 
 

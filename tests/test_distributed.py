@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from conftest import CIFAR, DATA, REPO
-from open_lth.foundations import distributed
 from open_lth.foundations.distributed import STOP_EVERY
+from open_lth.foundations.synced_batchnorm import sync_batchnorm
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="this torch has no torch.distributed"
@@ -153,7 +153,7 @@ def _synced_batchnorm_rank(rank: int, store: str, dtype: torch.dtype, shift: flo
     bn = copy.deepcopy(reference).to(dtype)
     xr, xs = x.clone().requires_grad_(), x.to(dtype).requires_grad_()
     half = slice(4 * rank, 4 * rank + 4)
-    with distributed.sync_batchnorm(bn):
+    with sync_batchnorm(bn):
         y = bn(xs[half])
         (y * weights[half].to(dtype)).sum().backward()
     whole = reference(xr)

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import synthetic
 import torch
 
 from conftest import DATA, REPO
-from open_lth.experiments import load, plots, sweep, synthetic
+from open_lth.experiments import load, plots, sweep
 from open_lth.foundations.errors import UserError
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -159,3 +159,18 @@ def test_one_module_owns_the_on_disk_layout() -> None:
             if (joined and text in LAYOUT_NAMES) or numbered:
                 spelled.append(f"{path.relative_to(REPO)}:{node.lineno}: {text!r}")
     assert not spelled, "\n".join(spelled)
+
+
+def test_functions_are_short() -> None:
+    """A reader takes in a function at once: none in open_lth/ is longer than 60 lines,
+    none in pruning/ or experiments/ longer than 79."""
+    limits = {"open_lth": 60, "pruning": 79, "experiments": 79}
+    long = []
+    for room, limit in limits.items():
+        for path in sorted((REPO / room).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > limit:
+                        long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: {lines}")
+    assert not long, "\n".join(long)

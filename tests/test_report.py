@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+import synthetic
 
 import open_lth.experiments.report  # noqa: F401 - registers the subcommand
 from conftest import DATA
-from open_lth.experiments import synthetic
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SETTING = "mnist_lenet_24_12_mnist_300it"

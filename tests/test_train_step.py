@@ -23,7 +23,7 @@ from open_lth.foundations.model import build_model
 from open_lth.main import load_plugins
 from open_lth.training import loop
 from open_lth.training.data import BatchesInStep, load
-from open_lth.training.evaluation import layout
+from open_lth.training.precision import layout
 from open_lth.training.schedule import build_optimizer
 from open_lth.training.stacked import stack, stack_state
 from open_lth.training.train_step import (

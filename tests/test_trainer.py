@@ -13,7 +13,7 @@ from open_lth.foundations import errors, paths
 from open_lth.foundations.hparams import DatasetHparams, ModelHparams, TrainingHparams
 from open_lth.foundations.model import build_model
 from open_lth.main import load_plugins
-from open_lth.training import evaluation
+from open_lth.training import precision
 from open_lth.training.data import load
 from open_lth.training.schedule import lr_schedule
 from open_lth.training.trainer import Seeds, TrainOptions, train
@@ -93,7 +93,7 @@ def test_bf16_where_it_does_not_pay_says_so_once(cli, tmp_path: Path, monkeypatc
     # A GPU without bfloat16 tensor cores (Colab's T4), and one with them.
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Tesla T4")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (7, 5))
-    note = evaluation.bf16_note(torch.device("cuda"))
+    note = precision.bf16_note(torch.device("cuda"))
     assert note is not None and "Tesla T4 (compute capability 7.5) runs emulated" in note
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
-    assert evaluation.bf16_note(torch.device("cuda")) is None
+    assert precision.bf16_note(torch.device("cuda")) is None

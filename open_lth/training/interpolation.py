@@ -15,7 +15,8 @@ import torch
 from open_lth.foundations.model import Model
 from open_lth.foundations.store import atomic_write_text
 from open_lth.training.data import DeviceData
-from open_lth.training.evaluation import evaluate_copies, layout
+from open_lth.training.evaluation import evaluate_copies
+from open_lth.training.precision import layout
 from open_lth.training.signals import Interrupted, signals_to_flag
 from open_lth.training.stacked import repeat_input, stack
 

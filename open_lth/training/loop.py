@@ -26,11 +26,12 @@ from open_lth.foundations.masks import Mask, apply_mask
 from open_lth.foundations.model import Model
 from open_lth.foundations.step import Step
 from open_lth.foundations.store import atomic_torch_save
+from open_lth.foundations.synced_batchnorm import sync_batchnorm
 from open_lth.training.checkpoints import Checkpoints
 from open_lth.training.data import BatchesInStep, derive_seed
-from open_lth.training.evaluation import note_bf16, note_fp16, uses_channels_last
 from open_lth.training.loop_state import LoopState, log_evaluation
 from open_lth.training.metrics import MetricLogger
+from open_lth.training.precision import note_bf16, note_fp16, uses_channels_last
 from open_lth.training.progress import Progress
 from open_lth.training.schedule import build_optimizer, lr_schedule
 from open_lth.training.signals import Interrupted, StopFlag, signals_to_flag
@@ -169,7 +170,7 @@ class Loop:
         progress = Progress(state.iteration, self.end, stage.options.quiet)
         self.tick = time.perf_counter()
         self.net.train()
-        with signals_to_flag() as stop, progress, distributed.sync_batchnorm(self.net):
+        with signals_to_flag() as stop, progress, sync_batchnorm(self.net):
             while True:
                 it = state.iteration
                 # A checkpoint at `it` is written after the evaluation at `it`, so a

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 import torch
 
 from open_lth.foundations.errors import UserError, note_once
-from open_lth.training.evaluation import autocast, layout, per_copy_loss
+from open_lth.training.evaluation import per_copy_loss
+from open_lth.training.precision import autocast, layout
 from open_lth.training.stacked import Lanes, split_output
 
 GRAPH_MODES = ("auto", "on", "off")
