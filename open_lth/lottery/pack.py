@@ -41,7 +41,8 @@ from open_lth.lottery.desc import LotteryDesc
 from open_lth.lottery.levels import Levels, check_format, level_dir, summary_table
 from open_lth.training import checkpoints, stage
 from open_lth.training.job import Job
-from open_lth.training.trainer import Copy, train_copies
+from open_lth.training.loop import Loop
+from open_lth.training.trainer import Copy
 
 
 class PackMember(Protocol):
@@ -207,18 +208,13 @@ class PackRunner(Runner):
         failed: dict[int, str] = {}
         rewind = levels[0].rewind
         for (_, _, start, *_), group in groups.items():
-            diverged = train_copies(
-                [model for _, _, model in group],
-                training,
-                data.train,
-                data.test,
-                data.batch_size,
-                [c for _, c, _ in group],
-                None,  # each run checkpoints into its own folder
-                first.job.options,
-                start_iteration=start,
-                save_iterations=(rewind,) if level == 0 and rewind else (),
+            # Each run checkpoints into its own folder (no shared checkpoint).
+            saves = (rewind,) if level == 0 and rewind else ()
+            copies = [c for _, c, _ in group]
+            described = stage.describe(
+                data, training, copies, first.job, start_iteration=start, save_iterations=saves
             )
+            diverged = Loop([model for _, _, model in group], described).run()
             for j, (i, c, _) in enumerate(group):
                 if j in diverged:
                     failed[i] = diverged[j]

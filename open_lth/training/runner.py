@@ -29,6 +29,7 @@ from open_lth.foundations.runner import Runner
 from open_lth.foundations.store import RunLock
 from open_lth.training import stage
 from open_lth.training.job import Job, add_job_args, create_job
+from open_lth.training.trainer import Copy
 
 
 @dataclass
@@ -82,7 +83,8 @@ class TrainingRunner(Runner):
         with RunLock(out.parent):
             self.desc.save(out)
             seeds = stage.default_seeds(self.desc.training, self.job.replicate)
-            summary = stage.run_stage(out, model, self.desc.training, d, seeds, self.job)
+            described = stage.describe(d, self.desc.training, [Copy(out, seeds)], self.job)
+            summary = stage.run_stage(model, described, self.job)
         print(
             f"done: test accuracy {summary['final_test_accuracy']:.4f} at iteration "
             f"{summary['end_iteration']}; results in {out}"

@@ -12,7 +12,6 @@ import torch
 from open_lth.foundations import paths, registries
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import DatasetHparams, TrainingHparams
-from open_lth.foundations.masks import Mask
 from open_lth.foundations.model import Model
 from open_lth.foundations.platform import check_dataset_root
 from open_lth.foundations.step import Step
@@ -20,8 +19,9 @@ from open_lth.foundations.store import atomic_write_json, torch_load
 from open_lth.training import data
 from open_lth.training.data import DeviceData
 from open_lth.training.job import Job
+from open_lth.training.loop import Loop
 from open_lth.training.metrics import read_rows
-from open_lth.training.trainer import Seeds, iterations_per_epoch, train
+from open_lth.training.trainer import Copy, Seeds, Stage, iterations_per_epoch
 
 
 @dataclass
@@ -113,35 +113,21 @@ def check_training_steps(training: TrainingHparams, d: Data) -> int:
     return end
 
 
-def run_stage(
-    out: Path,
-    model: Model,
-    training: TrainingHparams,
-    d: Data,
-    seeds: Seeds,
-    job: Job,
-    mask: Mask | None = None,
-    start_iteration: int = 0,
-    save_iterations: tuple[int, ...] = (),
-    start_metrics: dict[str, float] | None = None,
-) -> dict:
-    """Train into `out` (resuming if it was interrupted) and write summary.json."""
+def describe(
+    d: Data, training: TrainingHparams, copies: list[Copy], job: Job, **where: object
+) -> Stage:
+    """The stage that trains `copies` on `d` (`where`: Stage's checkpoint, mask,
+    start_iteration and save_iterations)."""
+    return Stage(training, d.train, d.test, d.batch_size, copies, job.options, **where)
+
+
+def run_stage(model: Model, stage: Stage, job: Job) -> dict:
+    """Train a stage of one copy (resuming if it was interrupted; a divergence is an
+    error) and write its summary.json."""
+    out = stage.copies[0].out
     out.mkdir(parents=True, exist_ok=True)
     model.to(job.platform.device)
-    train(
-        model,
-        training,
-        d.train,
-        d.test,
-        d.batch_size,
-        out,
-        seeds,
-        job.options,
-        mask=mask,
-        start_iteration=start_iteration,
-        save_iterations=save_iterations,
-        start_metrics=start_metrics,
-    )
+    Loop([model], stage).run()
     summary = summarize(out)
     atomic_write_json(summary_path(out), summary)
     return summary

@@ -25,6 +25,7 @@ from open_lth.lottery.branches.base import Branch, BranchContext
 from open_lth.lottery.levels import refuse_collapse
 from open_lth.training import stage
 from open_lth.training.data import derive_seed
+from open_lth.training.trainer import Copy
 
 
 class TrainingBranch(Branch):
@@ -50,9 +51,11 @@ class TrainingBranch(Branch):
         apply_mask(model, mask)
         training = self.training(ctx)
         seeds = stage.default_seeds(training, ctx.levels.replicate)
-        summary = stage.run_stage(
-            out, model, training, ctx.levels.data, seeds, ctx.job, mask, start
+        copies = [Copy(out, seeds, mask)]
+        described = stage.describe(
+            ctx.levels.data, training, copies, ctx.job, start_iteration=start
         )
+        summary = stage.run_stage(model, described, ctx.job)
         return f"test accuracy {summary['final_test_accuracy']:.4f}"
 
 

@@ -28,7 +28,8 @@ from open_lth.lottery.branches.base import Branch, BranchContext
 from open_lth.lottery.levels import has_batchnorm, level_dir
 from open_lth.training import stage
 from open_lth.training.interpolation import alphas, barrier, evaluate_path
-from open_lth.training.trainer import Copy, Seeds, train_copies
+from open_lth.training.loop import Loop
+from open_lth.training.trainer import Copy, Seeds
 
 
 @dataclass
@@ -108,7 +109,11 @@ class InstabilityBranch(Branch):
                 trunk = out / "trunk"
                 short = dataclasses.replace(training, training_steps=f"{k}it")
                 seeds = stage.default_seeds(training, levels.replicate)
-                stage.run_stage(trunk, model, short, levels.data, seeds, ctx.job, mask, own_start)
+                copies = [Copy(trunk, seeds, mask)]
+                described = stage.describe(
+                    levels.data, short, copies, ctx.job, start_iteration=own_start
+                )
+                stage.run_stage(model, described, ctx.job)
             model.load_state_dict(torch_load(paths.weights(trunk, k)))
             apply_mask(model, mask)
 
@@ -117,11 +122,10 @@ class InstabilityBranch(Branch):
         for c in copies:
             c.out.mkdir(parents=True, exist_ok=True)
         models = [model, copy.deepcopy(model)]
+        # One job: one stacked checkpoint, and a diverging copy stops both.
+        where = {"checkpoint": paths.checkpoint(out), "mask": mask, "start_iteration": k}
         data = levels.data
-        train_copies(
-            models, training, data.train, data.test, data.batch_size, copies,
-            paths.checkpoint(out), ctx.job.options, mask, start_iteration=k,
-        )  # fmt: skip
+        Loop(models, stage.describe(data, training, copies, ctx.job, **where)).run()
         for c in copies:
             atomic_write_json(stage.summary_path(c.out), stage.summarize(c.out))
 
