@@ -1,4 +1,4 @@
-"""Packaging: `pip install -e .` (extras: test, bench, slurm, torchvision).
+"""Packaging: `pip install -e .` (extras: test, bench, slurm, torchvision, tensorboard, wandb).
 
 The plugin folders at the top of the checkout install as sub-packages of open_lth
 (`open_lth.datasets`, ...), never as top-level packages: a top-level `datasets` would
@@ -34,11 +34,15 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff>=0.4"],
+        # The tests run the trackers with the real libraries (tests/test_trackers.py).
+        "test": ["pytest>=7", "ruff>=0.4", "tensorboard>=2.12", "wandb>=0.19.10"],
         # The conventional PIL + DataLoader baseline of benchmarks/train_speed.py.
         "bench": ["pillow>=9"],
         # Sweeps on a Slurm cluster: experiments/slurm.py.
         "slurm": ["submitit>=1.5"],
         "torchvision": ["torchvision"],
+        # --loggers=tensorboard, --loggers=wandb (wandb>=0.19.10: several runs at once, a pack's).
+        "tensorboard": ["tensorboard>=2.12"],
+        "wandb": ["wandb>=0.19.10"],
     },
 )

@@ -9,6 +9,7 @@ draws, and its weights end identical.
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import sys
 import time
@@ -37,6 +38,7 @@ from open_lth.training.metrics import MetricLogger
 from open_lth.training.progress import Progress
 from open_lth.training.schedule import build_optimizer, lr_schedule
 from open_lth.training.stacked import Lanes, stack, stack_state, unstack_state
+from open_lth.training.trackers import Tracker, open_trackers
 from open_lth.training.train_step import StepParts, make_step, replays, set_capturable
 
 
@@ -49,6 +51,8 @@ class TrainOptions:
     quiet: bool = False
     cuda_graphs: str = "auto"  # auto: replay the step from a CUDA graph on CUDA
     pack_streams: int = 1  # a pack as this many networks, each on its own CUDA stream
+    loggers: tuple[str, ...] = ()  # trackers beside metrics.csv: tensorboard, wandb
+    root: Path | None = None  # the runs' root: trackers name a run by its folder below it
 
 
 @dataclass
@@ -152,6 +156,38 @@ def train_copies(
     turns NaN stops alone while the others train on. Returns the diverged copies (index
     -> what happened); copies given a checkpoint must all be at the same iteration.
     """
+    loggers = [
+        MetricLogger(paths.metrics(c.out), functools.partial(_trackers, c.out, options))
+        for c in copies
+    ]
+    try:
+        return _train_copies(
+            models, hparams, train_data, test_data, batch_size, copies, checkpoint_path,
+            options, loggers, mask, start_iteration, save_iterations,
+        )  # fmt: skip
+    finally:  # the end of the stage, an interruption or an error: the trackers' runs end
+        for logger in loggers:
+            logger.close()
+
+
+def _trackers(out: Path, options: TrainOptions, after: int) -> list[Tracker]:
+    return open_trackers(options.loggers, out, options.root, after, options.quiet)
+
+
+def _train_copies(
+    models: list[Model],
+    hparams: TrainingHparams,
+    train_data: DeviceData,
+    test_data: DeviceData,
+    batch_size: int,
+    copies: list[Copy],
+    checkpoint_path: Path | None,
+    options: TrainOptions,
+    loggers: list[MetricLogger],
+    mask: Mask | None,
+    start_iteration: int,
+    save_iterations: tuple[int, ...],
+) -> dict[int, str]:
     device = train_data.device
     k = len(models)
     ipe = iterations_per_epoch(train_data, batch_size)
@@ -199,7 +235,6 @@ def train_copies(
     forward_net = distributed.wrap(net, device)  # DDP under torchrun
     step_net = torch.compile(forward_net) if hparams.compile else forward_net
 
-    loggers = [MetricLogger(paths.metrics(c.out)) for c in copies]
     resumed_at = None
     if checkpoints.exist():
         model_state, optimizer_state, ckpts = checkpoints.load(base_net, device)
