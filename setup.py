@@ -1,4 +1,5 @@
-"""Packaging: `pip install -e .` (extras: test, bench, slurm, torchvision).
+"""Packaging: `pip install -e .` (extras: test, bench, slurm, torchvision; test runs the
+notebooks with nbclient in an ipykernel "python3" kernel, tests/test_notebooks.py).
 
 The plugin folders at the top of the checkout install as sub-packages of open_lth
 (`open_lth.datasets`, ...), never as top-level packages: a top-level `datasets` would
@@ -34,7 +35,7 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff>=0.4"],
+        "test": ["pytest>=7", "ruff>=0.4", "nbclient>=0.7", "nbformat>=5.7", "ipykernel>=6"],
         # The conventional PIL + DataLoader baseline of benchmarks/train_speed.py.
         "bench": ["pillow>=9"],
         # Sweeps on a Slurm cluster: experiments/slurm.py.
