@@ -1,4 +1,6 @@
-"""Packaging: `pip install -e .` (extras: test, bench, slurm, torchvision, tensorboard, wandb).
+"""Packaging: `pip install -e .` (extras: test, bench, slurm, torchvision, tensorboard,
+wandb, docs; test runs the notebooks with nbclient in an ipykernel "python3" kernel, the
+trackers with the real libraries, and the docs build).
 
 The plugin folders at the top of the checkout install as sub-packages of open_lth
 (`open_lth.datasets`, ...), never as top-level packages: a top-level `datasets` would
@@ -34,8 +36,17 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        # The tests run the trackers with the real libraries (tests/test_trackers.py).
-        "test": ["pytest>=7", "ruff>=0.4", "tensorboard>=2.12", "wandb>=0.19.10"],
+        # The tests run the trackers with the real libraries (tests/test_trackers.py) and
+        # the notebooks (tests/test_notebooks.py).
+        "test": [
+            "pytest>=7",
+            "ruff>=0.4",
+            "tensorboard>=2.12",
+            "wandb>=0.19.10",
+            "nbclient>=0.7",
+            "nbformat>=5.7",
+            "ipykernel>=6",
+        ],
         # The conventional PIL + DataLoader baseline of benchmarks/train_speed.py.
         "bench": ["pillow>=9"],
         # Sweeps on a Slurm cluster: experiments/slurm.py.
