@@ -59,7 +59,7 @@ def test_bad_flag(cli, tmp_path: Path, flags: list[str], expected: str) -> None:
 
 def test_unknown_subcommand(cli) -> None:
     code, _, err = cli("trian")
-    known = "known subcommands: lottery, lottery_branch, pack, report, status, train"
+    known = "known subcommands: export, lottery, lottery_branch, pack, report, status, train"
     assert code == 2 and f"unknown subcommand 'trian'; {known}" in err
 
 
