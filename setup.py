@@ -40,7 +40,9 @@ setup(
         # the notebooks (tests/test_notebooks.py).
         "test": [
             "pytest>=7",
+            "pytest-xdist>=3",  # the suite runs with -n auto
             "ruff>=0.4",
+            "mkdocs>=1.5",  # tests/test_readme.py builds the docs
             "tensorboard>=2.12",
             "wandb>=0.19.10",
             "nbclient>=0.7",
@@ -52,6 +54,7 @@ setup(
         # Sweeps on a Slurm cluster: experiments/slurm.py.
         "slurm": ["submitit>=1.5"],
         "torchvision": ["torchvision"],
+        "docs": ["mkdocs>=1.5"],
         # --loggers=tensorboard, --loggers=wandb (wandb>=0.19.10: several runs at once, a pack's).
         "tensorboard": ["tensorboard>=2.12"],
         "wandb": ["wandb>=0.19.10"],
