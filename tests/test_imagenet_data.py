@@ -1,6 +1,6 @@
 """ImageNet (streamed from JPEG folders or prepared shards) and Tiny ImageNet (on the
-device), on small folders the tests write with Pillow. The streamed crops are 64 pixels
-here (ImageNet.size patched, resize 73) so that ResNet-18_8 steps stay fast on a CPU;
+device), on small folders the tests write with Pillow. The streamed crops are 32 pixels
+here (ImageNet.size patched, resize 37) so that ResNet-18_8 steps stay fast on a CPU;
 the crop size changes no code path."""
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ CPU = torch.device("cpu")
 
 @pytest.fixture
 def small_crops(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ImageNet, "size", 64)
-    monkeypatch.setattr(ImageNet, "resize", 73)
+    monkeypatch.setattr(ImageNet, "size", 32)
+    monkeypatch.setattr(ImageNet, "resize", 37)
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +58,10 @@ def load(root: Path, train: bool, **flags: object) -> StreamData:
 def test_folders_are_read_with_their_quirks(folder: Path, small_crops: None) -> None:
     train = load(folder, True)
     assert len(train) == 24 and train.labels.tolist() == [0] * 8 + [1] * 8 + [2] * 8
-    assert tuple(train.images.shape[1:]) == (3, 64, 64)  # the shape, and no memory
+    assert tuple(train.images.shape[1:]) == (3, 32, 32)  # the shape, and no memory
     # All 24, with the CMYK, the grayscale and the PNG named .JPEG: test crops.
     x, y = train.batch(torch.arange(24))
-    assert x.shape == (24, 3, 64, 64) and torch.isfinite(x).all() and torch.equal(y, train.labels)
+    assert x.shape == (24, 3, 32, 32) and torch.isfinite(x).all() and torch.equal(y, train.labels)
     gray = x[8 + 2]  # the grayscale JPEG: its three channels agree once de-normalized
     mean, std = torch.tensor(ImageNet.mean), torch.tensor(ImageNet.std)
     pixels = gray * std.view(3, 1, 1) + mean.view(3, 1, 1)
@@ -69,6 +69,10 @@ def test_folders_are_read_with_their_quirks(folder: Path, small_crops: None) -> 
     test = load(folder, False)
     assert len(test) == 6 and test.augmentation == "center_crop"
     assert train.augmentation == "resized_crop_flip"
+    # A fixed, seeded subset of the files, as for the device-resident data sets.
+    half = load(folder, True, subsample_fraction=0.5)
+    assert len(half) == 12 and set(half.source.files) < set(train.source.files)
+    assert [train.source.files.index(f) // 8 for f in half.source.files] == half.labels.tolist()
 
 
 def test_crops_are_a_function_of_seed_and_position_only(folder: Path, small_crops: None) -> None:
@@ -180,7 +184,7 @@ def test_shards_resized_to_a_shorter_side(folder: Path, tmp_path: Path, small_cr
     source = shards.ShardSource.open(out, "train")
     sizes = [decode(source.read(i), "x").size for i in range(len(source))]
     assert max(min(s) for s in sizes) <= 45 and min(min(s) for s in sizes) >= 40
-    assert load(out, True).batch(torch.arange(4))[0].shape == (4, 3, 64, 64)
+    assert load(out, True).batch(torch.arange(4))[0].shape == (4, 3, 32, 32)
 
 
 def lottery(folder: Path, root: Path, *extra: str) -> list[str]:
@@ -210,27 +214,41 @@ def test_fisher_lottery_on_imagenet_resnet_18_8(cli, folder: Path, tmp_path: Pat
     assert (level1 / "summary.json").is_file()
 
 
+class Crash(Exception):
+    """A process killed without warning: nothing after the last periodic checkpoint."""
+
+
+@pytest.mark.parametrize("how", ["sigterm", "crash"])
 def test_interrupted_run_resumes_to_the_bit(
-    cli, folder: Path, tmp_path: Path, small_crops: None, monkeypatch: pytest.MonkeyPatch
+    cli, folder: Path, tmp_path: Path, small_crops: None, monkeypatch: pytest.MonkeyPatch, how
 ) -> None:
     argv = ["--training_steps=10it", "--eval_every=5it", "--checkpoint_every=2it"]
     assert cli(*lottery(folder, tmp_path / "straight", *argv))[0] == 0
     calls = []
     served = StreamData.copies_batch
 
-    def stop_at_step_7(self, *args, **kwargs):
+    def stop_at_step_8(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 7:  # in the middle of an epoch (6 steps), prefetches pending
+        # In the middle of the second epoch (6 steps an epoch), prefetches pending; a
+        # crash loses step 7, after the checkpoint at 6.
+        if len(calls) == 8 and how == "sigterm":
             os.kill(os.getpid(), signal.SIGTERM)
+        if len(calls) == 8 and how == "crash":
+            raise Crash
         return served(self, *args, **kwargs)
 
-    monkeypatch.setattr(StreamData, "copies_batch", stop_at_step_7)
-    code, _, err = cli(*lottery(folder, tmp_path / "killed", *argv))
-    assert code == 128 + signal.SIGTERM and "checkpoint saved" in err
+    monkeypatch.setattr(StreamData, "copies_batch", stop_at_step_8)
+    if how == "sigterm":
+        code, _, err = cli(*lottery(folder, tmp_path / "killed", *argv))
+        assert code == 128 + signal.SIGTERM and "checkpoint saved" in err
+    else:
+        with pytest.raises(Crash):
+            cli(*lottery(folder, tmp_path / "killed", *argv))
+    (b,) = (tmp_path / "killed").glob("lottery_*/replicate_1/level_0/main")
+    assert 6 <= torch.load(paths.checkpoint(b), weights_only=True)["iteration"] < 10
     monkeypatch.setattr(StreamData, "copies_batch", served)
     assert cli(*lottery(folder, tmp_path / "killed", *argv))[0] == 0
     (a,) = (tmp_path / "straight").glob("lottery_*/replicate_1/level_0/main")
-    (b,) = (tmp_path / "killed").glob("lottery_*/replicate_1/level_0/main")
     wa, wb = (torch.load(paths.weights(r, 10), weights_only=True) for r in (a, b))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     ma, mb = (pd.read_csv(paths.metrics(r)) for r in (a, b))

@@ -214,3 +214,6 @@ class StreamData:
     def close(self) -> None:
         self._decoders.shutdown(wait=False, cancel_futures=True)
         self._croppers.shutdown(wait=False, cancel_futures=True)
+
+    def __del__(self) -> None:
+        self.close()  # the pools' threads end with the split
