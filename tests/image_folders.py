@@ -1,46 +1,17 @@
 """Small image folders written with Pillow: an ImageNet-style ImageFolder with real
-ImageNet's quirks (a CMYK and a grayscale JPEG, a PNG named .JPEG) and the official
-Tiny ImageNet layout."""
+ImageNet's quirks (experiments/synthetic_imagenet.py) and the official Tiny ImageNet
+layout."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-WNIDS = ["n01440764", "n01443537", "n01484850"]
+from open_lth.experiments.synthetic_imagenet import picture, wnids, write_imagefolder
 
-
-def picture(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    """A smooth random picture (a noise image would make every crop look alike)."""
-    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-    image = Image.fromarray(small).resize((width, height), Image.BILINEAR)
-    noise = rng.integers(0, 24, (height, width, 3), dtype=np.uint8)
-    return Image.fromarray(np.asarray(image) // 2 + noise)
-
-
-def write_imagefolder(root: Path, train_per_class: int = 8, val_per_class: int = 2) -> Path:
-    """root/train/<wnid>/*.JPEG and root/val/<wnid>/*.JPEG, 40 to 80 pixels a side."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", train_per_class), ("val", val_per_class)):
-        for c, wnid in enumerate(WNIDS):
-            folder = root / split / wnid
-            folder.mkdir(parents=True)
-            for i in range(count):
-                w, h = (int(v) for v in rng.integers(40, 81, 2))
-                image = picture(rng, w, h)
-                path = folder / f"{wnid}_{i}.JPEG"
-                if split == "train" and c == 0 and i == 1:
-                    image.convert("CMYK").save(path, format="JPEG", quality=90)
-                elif split == "train" and c == 1 and i == 2:
-                    image.convert("L").save(path, format="JPEG", quality=90)
-                elif split == "train" and c == 2 and i == 3:
-                    image.save(path, format="PNG")  # ImageNet's n02105855_2933.JPEG
-                else:
-                    image.save(path, format="JPEG", quality=90)
-    return root
+WNIDS = wnids(3)
+__all__ = ["WNIDS", "picture", "write_imagefolder", "truncate", "write_tinyimagenet"]
 
 
 def truncate(path: Path) -> None:
@@ -66,9 +37,3 @@ def write_tinyimagenet(root: Path, train_per_class: int = 4, val_count: int = 6)
         lines.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t63\t63")
     (folder / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     return folder
-
-
-def jpeg_bytes(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="JPEG")
-    return out.getvalue()
