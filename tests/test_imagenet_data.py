@@ -82,6 +82,8 @@ def test_crops_are_a_function_of_seed_and_position_only(folder: Path, small_crop
     # a serves batches 0, 1, 2 in order (prefetching); b only batch 2, cold.
     for step in range(3):
         xa, ya = a.copies_batch(order[None, 4 * step : 4 * step + 4], g, [100 + step])
+    # While a step runs, the next two batches of the order are being decoded.
+    assert set(order[12:20].tolist()) <= set(a._decoded)
     xb, yb = b.copies_batch(order[None, 8:12], g, [102])
     assert torch.equal(xa, xb) and torch.equal(ya, yb)
     # Another step's seed, other crops; a pack's copies get what each gets alone.
@@ -318,3 +320,29 @@ def test_prepare_refuses_a_prepared_folder(folder: Path, prepared: Path, capsys)
     assert err.startswith("error: --out") and "already holds prepared shards" in err
     assert sorted(p.name for p in prepared.iterdir()) == before
     assert np.load(shards.index_path(prepared, "val")).shape == (6, 4)
+
+
+def test_torchrun_two_ranks_stream_what_one_process_does(cli, folder: Path, tmp_path: Path):
+    """Each rank decodes its half of every batch (224-pixel crops: the subprocesses are
+    not patched); the weights agree within 1e-3 as in tests/test_distributed.py."""
+    from test_distributed import _largest_difference, _torchrun, _weights
+
+    flags = [
+        "--default_hparams=imagenet_resnet_18_8",
+        f"--dataset_root={folder}",
+        "--training_steps=3it",
+        "--batch_size=4",
+        "--lr=0.01",
+        "--device=cpu",
+        "--quiet",
+    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli("train", *flags, f"--root={tmp_path / 'one'}")[0] == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = _torchrun("train", *flags, f"--root={tmp_path / 'two'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (name_one, one), (name_two, two) = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert name_one == name_two and _largest_difference(one, two) < 1e-3
