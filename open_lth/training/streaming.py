@@ -216,4 +216,5 @@ class StreamData:
         self._croppers.shutdown(wait=False, cancel_futures=True)
 
     def __del__(self) -> None:
-        self.close()  # the pools' threads end with the split
+        if hasattr(self, "_croppers"):  # made (__init__ may have failed before)
+            self.close()  # the pools' threads end with the split
