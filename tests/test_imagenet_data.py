@@ -346,3 +346,14 @@ def test_torchrun_two_ranks_stream_what_one_process_does(cli, folder: Path, tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     (name_one, one), (name_two, two) = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert name_one == name_two and _largest_difference(one, two) < 1e-3
+
+
+def test_tinyimagenet_trains_through_main(cli, tmp_path: Path) -> None:
+    write_tinyimagenet(tmp_path / "data")
+    argv = ["train", "--default_hparams=tinyimagenet_modifiedresnet_18_8", "--batch_size=4"]
+    argv += [f"--dataset_root={tmp_path / 'data'}", f"--root={tmp_path / 'runs'}"]
+    code, out, err = cli(*argv, "--training_steps=2it", "--device=cpu", "--quiet")
+    assert code == 0, err
+    assert (tmp_path / "data" / "tiny-imagenet-200" / "open_lth-val.pt").is_file()
+    (run,) = (tmp_path / "runs").glob("train_*/replicate_1/main")
+    assert (run / "summary.json").is_file()
