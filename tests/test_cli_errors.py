@@ -27,7 +27,10 @@ LENET = f"--default_hparams={LENET_NAME}"
     [
         (["--default_hparams=mnist_lenet_x"], "unknown model 'mnist_lenet_x'; known models:"),
         ([LENET, "--model_name=resnet"], "known models: cifar_resnet_20"),
-        ([LENET, "--dataset_name=svhn"], "unknown dataset 'svhn'; known datasets: cifar10, mnist"),
+        (
+            [LENET, "--dataset_name=svhn"],
+            "unknown dataset 'svhn'; known datasets: cifar10, imagenet, mnist, tinyimagenet",
+        ),
         ([LENET, "--optimizer_name=rmsprop"], "--optimizer_name must be one of sgd, adam"),
         ([LENET, "--model_init=xavier"], "known initializers: kaiming_normal"),
         ([LENET, "--training_steps=12xyz"], "malformed --training_steps '12xyz'"),
