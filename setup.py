@@ -53,7 +53,8 @@ setup(
         "bench": ["pillow>=9"],
         # Sweeps on a Slurm cluster: experiments/slurm.py.
         "slurm": ["submitit>=1.5"],
-        "torchvision": ["torchvision"],
+        # JPEGs decoded on the GPU in batches (open_lth/training/decoders.py).
+        "torchvision": ["torchvision>=0.19"],
         "docs": ["mkdocs>=1.5"],
         # --loggers=tensorboard, --loggers=wandb (wandb>=0.19.10: several runs at once, a pack's).
         "tensorboard": ["tensorboard>=2.12"],

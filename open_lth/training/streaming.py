@@ -2,9 +2,12 @@
 `labels`, `batch`, `copies_batch`, `order`), so that the training loop, evaluation and
 the strategies use it unchanged.
 
-A batch's examples are decoded with Pillow by a pool of threads (Pillow releases the GIL
-while it decodes and resizes), cropped to a fixed size as uint8, then normalized on the
-device. The loop asks for the batches of an order it got from `order(seed, epoch)`, so
+A pool of threads reads a batch's files; a decoder (open_lth/training/decoders.py) makes
+the crops: Pillow in those threads (Pillow releases the GIL while it decodes and
+resizes), or, on CUDA with torchvision, nvJPEG on the GPU, the whole batch at once.
+The crops are normalized on the device.
+
+The loop asks for the batches of an order it got from `order(seed, epoch)`, so
 the examples of the next batches are known: their decoding starts while the current
 step runs. Each example's crop and flip are drawn from a seed that is a function of the
 step's augmentation seed (itself a function of the run's seed and the iteration) and the
@@ -19,10 +22,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
-from PIL import Image
 
 from open_lth.foundations import distributed
-from open_lth.foundations.images import Source, center_crop, decode, train_crop
+from open_lth.foundations.images import Source
+from open_lth.training import decoders
 from open_lth.training.data import derive_seed, epoch_order
 
 # How many batches ahead of the one being served are decoded.
@@ -54,6 +57,7 @@ class StreamData:
         ratio: tuple[float, float],
         device: torch.device,
         workers: int | None = None,
+        decoder: type[decoders.PillowDecoder] | type[decoders.GpuJpegDecoder] | None = None,
     ) -> None:
         self.source = source
         self.labels = torch.from_numpy(np.asarray(source.labels, dtype=np.int64)).to(device)
@@ -69,11 +73,10 @@ class StreamData:
             std, device=device
         ).view(shape)
         workers = workers or min(32, os.cpu_count() or 1)
-        # Two pools: a crop waits for its example's decode, and a decode queued for a
-        # later batch must not hold up the crops of the batch being served.
+        crop = decoders.Crop(size, resize, scale, ratio)
+        self.decoder = (decoder or decoders.choose(device))(crop, device, workers)
         self._decoders = ThreadPoolExecutor(workers, thread_name_prefix="decode")
-        self._croppers = ThreadPoolExecutor(workers, thread_name_prefix="crop")
-        self._decoded: dict[int, Future[Image.Image]] = {}
+        self._decoded: dict[int, Future] = {}  # what decoder.load made of each file
         self._orders: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -115,19 +118,14 @@ class StreamData:
         lo, hi = self._rank_slice(b) if shard else (0, b)
         following = self._following(rows, lo, hi)
         self._forget(set(rows[:, lo:hi].reshape(-1).tolist()) | set(following))
-        futures = []
+        loaded, crop_seeds = [], []
         for copy in range(k):
             for j in range(lo, hi):
-                image = self._decode_future(int(rows[copy, j]))
-                seed = None if seeds is None else derive_seed("crop", seeds[copy], j)
-                futures.append(self._croppers.submit(self._crop, image, seed))
-        for example in following:  # decoded while this batch's step runs
+                loaded.append(self._decode_future(int(rows[copy, j])))
+                crop_seeds.append(None if seeds is None else derive_seed("crop", seeds[copy], j))
+        for example in following:  # read (and decoded) while this batch's step runs
             self._decode_future(example)
-        arrays = np.stack([f.result() for f in futures])  # (K·n, H, W, 3) uint8
-        part = torch.from_numpy(arrays)
-        if self.device.type == "cuda":  # an asynchronous copy from pinned memory
-            part = part.pin_memory()
-        part = part.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        part = self.decoder.images(loaded, crop_seeds)  # (K·n, 3, H, W) on the device
         part = torch.addcmul(self._shift, part.float(), self._scale).contiguous()
         n = hi - lo
         if k > 1:
@@ -145,21 +143,15 @@ class StreamData:
         size = b // distributed.world_size()
         return distributed.rank() * size, (distributed.rank() + 1) * size
 
-    def _crop(self, image: Future[Image.Image], seed: int | None) -> np.ndarray:
-        decoded = image.result()
-        if seed is None:
-            return center_crop(decoded, self.size, self.resize)
-        return train_crop(decoded, self.size, seed, self.scale, self.ratio)
-
-    def _decode_future(self, example: int) -> Future[Image.Image]:
+    def _decode_future(self, example: int) -> Future:
         future = self._decoded.get(example)
         if future is None:
             future = self._decoders.submit(self._decode, example)
             self._decoded[example] = future
         return future
 
-    def _decode(self, example: int) -> Image.Image:
-        return decode(self.source.read(example), self.source.name(example))
+    def _decode(self, example: int) -> object:
+        return self.decoder.load(self.source.read(example), self.source.name(example))
 
     def _forget(self, keep: set[int]) -> None:
         """Drop decoded examples that are neither wanted now nor guessed next (a wrong
@@ -213,8 +205,8 @@ class StreamData:
 
     def close(self) -> None:
         self._decoders.shutdown(wait=False, cancel_futures=True)
-        self._croppers.shutdown(wait=False, cancel_futures=True)
+        self.decoder.close()
 
     def __del__(self) -> None:
-        if hasattr(self, "_croppers"):  # made (__init__ may have failed before)
+        if hasattr(self, "_decoders"):  # made (__init__ may have failed before)
             self.close()  # the pools' threads end with the split
