@@ -53,6 +53,23 @@ def write_imagefolder(
     return root
 
 
+def write_sized(
+    root: Path, train_images: int, classes: int, size: tuple[int, int] = (500, 375)
+) -> Path:
+    """root/train and root/val as ImageNet's typical files for a benchmark: `size`
+    pictures (portrait for one in four, as ImageNet mixes both), JPEG quality 90,
+    `train_images` spread over `classes` folders, one validation image a class."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train_images), ("val", classes)):
+        for i in range(count):
+            wnid = wnids(classes)[i % classes]
+            folder = root / split / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            w, h = size if i % 4 else size[::-1]
+            picture(rng, w, h).save(folder / f"{wnid}_{i}.JPEG", format="JPEG", quality=90)
+    return root
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--out", required=True, help="a folder that does not exist yet")
