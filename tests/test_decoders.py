@@ -6,6 +6,7 @@ CPU machines); the real nvJPEG against Pillow runs where CUDA and torchvision ar
 from __future__ import annotations
 
 import io
+import os
 import sys
 import types
 from pathlib import Path
@@ -160,3 +161,14 @@ def test_nvjpeg_batches_match_pillow_within_a_few_levels(folder: Path) -> None:
     b = pillow.copies_batch(index.view(1, -1), torch.Generator(), seeds=[7])[0]
     assert_close_to_pillow(a.cpu(), b)
     assert_close_to_pillow(gpu.batch(index)[0].cpu(), pillow.batch(index)[0])
+
+
+def test_threads_follow_the_cores_the_task_may_use(folder: Path, monkeypatch) -> None:
+    """A Slurm task bound to 3 of a node's cores reads with 3 threads, not one a core."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5, 6}, raising=False)
+    source, _ = ImageNet.source(folder, True)
+    split = StreamData(
+        source, ImageNet.mean, ImageNet.std, "center_crop", 32, 37, ImageNet.scale,
+        ImageNet.ratio, CPU,
+    )  # fmt: skip
+    assert split._decoders._max_workers == 3

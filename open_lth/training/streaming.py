@@ -37,6 +37,14 @@ AHEAD_EXAMPLES = 2048
 REMEMBERED_ORDERS = 16
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: under Slurm a task's --cpus-per-task, not the
+    node's (8 ranks of a node would each start a thread per core of the node)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 class StreamData:
     """One split, read from a Source batch by batch.
 
@@ -72,7 +80,7 @@ class StreamData:
         self._shift = -torch.tensor(mean, device=device).view(shape) / torch.tensor(
             std, device=device
         ).view(shape)
-        workers = workers or min(32, os.cpu_count() or 1)
+        workers = workers or min(32, usable_cores())
         crop = decoders.Crop(size, resize, scale, ratio)
         self.decoder = (decoder or decoders.choose(device))(crop, device, workers)
         self._decoders = ThreadPoolExecutor(workers, thread_name_prefix="decode")
