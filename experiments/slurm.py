@@ -220,6 +220,14 @@ def parameters(args: argparse.Namespace, setup: list[str]) -> dict:
     return params
 
 
+def run_shape(args: argparse.Namespace) -> str:
+    """' of N nodes x G GPUs each' for a run over several tasks; '' for one task a run."""
+    if not (args.slurm_nodes or args.slurm_gpus_per_node):
+        return ""
+    nodes, gpus = args.slurm_nodes or 1, args.slurm_gpus_per_node or 1
+    return f", each one DDP run of {nodes} nodes x {gpus} GPUs ({nodes * gpus} processes)"
+
+
 def _reap(pid: int, seconds: float) -> None:
     """Wait for a child without Popen's lock (this runs inside a signal handler)."""
     deadline = time.monotonic() + seconds
