@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from image_folders import write_imagefolder
+from image_folders import truncate, write_imagefolder
 from PIL import Image
 
 from open_lth.datasets.imagenet import ImageNet
 from open_lth.foundations import errors
+from open_lth.foundations.errors import UserError
 from open_lth.training import decoders
 from open_lth.training.streaming import StreamData
 
@@ -51,7 +52,10 @@ def fake_torchvision(monkeypatch: pytest.MonkeyPatch, version: str, decode_jpeg=
         for t in data:
             image = Image.open(io.BytesIO(bytes(t.numpy())))
             assert image.format == "JPEG" and image.mode in ("RGB", "L")  # nvJPEG's kinds
-            array = np.asarray(image.convert("RGB"))
+            try:
+                array = np.asarray(image.convert("RGB"))
+            except OSError as e:  # as torchvision reports nvJPEG's errors
+                raise RuntimeError(f"nvjpeg: {e}") from None
             out.append(torch.from_numpy(array.copy()).to(device).permute(2, 0, 1))
         return out
 
@@ -143,6 +147,16 @@ def test_a_batch_nvjpeg_refuses_is_decoded_with_pillow(folder: Path, monkeypatch
     assert_close_to_pillow(gpu.batch(index)[0], pillow.batch(index)[0])
     assert_close_to_pillow(gpu.batch(index)[0], pillow.batch(index)[0])
     assert capsys.readouterr().err.count("note: nvJPEG failed") == 1
+
+
+def test_a_truncated_jpeg_on_the_gpu_path_is_one_line_naming_it(tmp_path: Path, monkeypatch):
+    fake_torchvision(monkeypatch, "0.20.0")
+    folder = write_imagefolder(tmp_path / "imagenet")
+    bad = sorted((folder / "train").glob("*/*_5.JPEG"))[0]
+    truncate(bad)
+    gpu = stream(folder, decoders.GpuJpegDecoder)
+    with pytest.raises(UserError, match=f"cannot decode image {bad}"):
+        gpu.batch(torch.arange(24))
 
 
 @pytest.mark.skipif(

@@ -82,10 +82,11 @@ def pillow_crop(image: Image.Image, seed: int | None, crop: Crop) -> np.ndarray:
 
 @dataclass
 class Encoded:
-    """A file as the GPU decoder's reading threads leave it: its bytes and header's
-    size, or, when nvJPEG cannot decode it, the image Pillow decoded."""
+    """A file as the GPU decoder's reading threads leave it: its bytes (a uint8 tensor,
+    as decode_jpeg takes them) and header's size, or, when nvJPEG cannot decode it, the
+    image Pillow decoded."""
 
-    data: bytes
+    data: torch.Tensor
     name: str
     width: int
     height: int
@@ -103,14 +104,15 @@ class GpuJpegDecoder:
 
     def load(self, data: bytes, name: str) -> Encoded:
         """The header only (no decode): nvJPEG takes RGB and grayscale JPEGs."""
+        tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)  # here, not per batch
         try:
             header = Image.open(io.BytesIO(data))
             fmt, mode, (w, h) = header.format, header.mode, header.size
         except Exception:  # unreadable: Pillow's decode says which file, as one line
-            return Encoded(data, name, 0, 0, decode(data, name))
+            return Encoded(tensor, name, 0, 0, decode(data, name))
         if fmt != "JPEG" or mode not in ("RGB", "L"):
-            return Encoded(data, name, w, h, decode(data, name))
-        return Encoded(data, name, w, h, None)
+            return Encoded(tensor, name, w, h, decode(data, name))
+        return Encoded(tensor, name, w, h, None)
 
     def images(self, loaded: list[Future[Any]], seeds: list[int | None]) -> torch.Tensor:
         """(n, 3, size, size) float in [0, 255] on the device."""
@@ -131,15 +133,15 @@ class GpuJpegDecoder:
     def _decode(self, files: list[Encoded]) -> list[torch.Tensor]:
         if not files:
             return []
-        data = [torch.frombuffer(bytearray(f.data), dtype=torch.uint8) for f in files]
         try:
+            data = [f.data for f in files]
             return list(self._decode_jpeg(data, mode=self._rgb, device=self.device))
         except RuntimeError as e:  # one file nvJPEG refuses: each with Pillow
             note_once("nvjpeg-failed", f"nvJPEG failed on a batch ({e}); decoding it with Pillow")
             return [self._pillow(f) for f in files]
 
     def _pillow(self, file: Encoded) -> torch.Tensor:
-        image = np.array(decode(file.data, file.name))  # a bad file: one line naming it
+        image = np.array(decode(file.data.numpy().tobytes(), file.name))  # a bad file: one line
         return torch.from_numpy(image).to(self.device).permute(2, 0, 1)
 
     def _crop(self, image: torch.Tensor, seed: int | None) -> torch.Tensor:
