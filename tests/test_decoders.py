@@ -163,7 +163,7 @@ def test_a_truncated_jpeg_on_the_gpu_path_is_one_line_naming_it(tmp_path: Path, 
     not (torch.cuda.is_available() and decoders.gpu_decoder_available()),
     reason="needs CUDA and torchvision 0.19 or later",
 )
-def test_nvjpeg_batches_match_pillow_within_a_few_levels(folder: Path) -> None:
+def test_nvjpeg_batches_match_pillow_within_a_few_levels(folder: Path, capsys) -> None:
     cuda = torch.device("cuda")
     source, _ = ImageNet.source(folder, True)
     common = (ImageNet.mean, ImageNet.std, "resized_crop_flip", 32, 37, ImageNet.scale)
@@ -175,6 +175,8 @@ def test_nvjpeg_batches_match_pillow_within_a_few_levels(folder: Path) -> None:
     b = pillow.copies_batch(index.view(1, -1), torch.Generator(), seeds=[7])[0]
     assert_close_to_pillow(a.cpu(), b)
     assert_close_to_pillow(gpu.batch(index)[0].cpu(), pillow.batch(index)[0])
+    # nvJPEG took the batch (the grayscale JPEG included): no fallback to Pillow.
+    assert "nvJPEG failed" not in capsys.readouterr().err
 
 
 def test_threads_follow_the_cores_the_task_may_use(folder: Path, monkeypatch) -> None:
