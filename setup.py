@@ -1,4 +1,6 @@
-"""Packaging: `pip install -e .` (extras: test, bench, slurm, torchvision).
+"""Packaging: `pip install -e .` (extras: test, bench, slurm, torchvision, tensorboard,
+wandb, docs; test runs the notebooks with nbclient in an ipykernel "python3" kernel, the
+trackers with the real libraries, and the docs build).
 
 The plugin folders at the top of the checkout install as sub-packages of open_lth
 (`open_lth.datasets`, ...), never as top-level packages: a top-level `datasets` would
@@ -34,11 +36,28 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff>=0.4"],
+        # The tests run the trackers with the real libraries (tests/test_trackers.py) and
+        # the notebooks (tests/test_notebooks.py).
+        "test": [
+            "pytest>=7",
+            "pytest-xdist>=3",  # the suite runs with -n auto
+            "ruff>=0.4",
+            "mkdocs>=1.5",  # tests/test_readme.py builds the docs
+            "tensorboard>=2.12",
+            "wandb>=0.19.10",
+            "nbclient>=0.7",
+            "nbformat>=5.7",
+            "ipykernel>=6",
+        ],
         # The conventional PIL + DataLoader baseline of benchmarks/train_speed.py.
         "bench": ["pillow>=9"],
         # Sweeps on a Slurm cluster: experiments/slurm.py.
         "slurm": ["submitit>=1.5"],
-        "torchvision": ["torchvision"],
+        # JPEGs decoded on the GPU in batches (open_lth/training/decoders.py).
+        "torchvision": ["torchvision>=0.19"],
+        "docs": ["mkdocs>=1.5"],
+        # --loggers=tensorboard, --loggers=wandb (wandb>=0.19.10: several runs at once, a pack's).
+        "tensorboard": ["tensorboard>=2.12"],
+        "wandb": ["wandb>=0.19.10"],
     },
 )

@@ -7,7 +7,7 @@
 # (tests.log; default: the GPU step's, the packs' and the lanes' tests).
 #
 #   OPEN_LTH_TEST_DATA=<folder laid out like ../shared/data> bash benchmarks/gpu_checks.sh \
-#       [suite] [tests] [speed] [fisher] [packs] [probe] [sweep] [compile] [streams]
+#       [suite] [tests] [speed] [fisher] [packs] [probe] [sweep] [compile] [streams] [imagenet]
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -84,6 +84,17 @@ for step in $steps; do
     fisher)
         timeout 120 $PY benchmarks/fisher_speed.py --model=cifar_resnet_20 --device=cuda \
             --dataset_root="$DATA/cifar10-subset" --examples=4000 2>&1 | tee "$OUT/fisher.log"
+        ;;
+    imagenet)
+        # Issue 22: nvJPEG's crops against Pillow's (CUDA and torchvision>=0.19 present),
+        # then ResNet-50 at batch 256 fed by a DataLoader, this pipeline from files and
+        # from shards, and random tensors (the ceiling). IMAGENET_IMAGES: JPEGs written.
+        $PY -c "import torchvision; print('torchvision', torchvision.__version__)" \
+            >"$OUT/imagenet.log" 2>&1
+        OMP_NUM_THREADS=4 timeout 120 $PY -m pytest -q -p no:cacheprovider -rfEs \
+            tests/test_decoders.py >>"$OUT/imagenet.log" 2>&1
+        timeout 420 $PY benchmarks/imagenet_speed.py --images=${IMAGENET_IMAGES:-4096} \
+            2>&1 | tee -a "$OUT/imagenet.log"
         ;;
     esac
     echo "== $step: $(($(date +%s) - start)) s"

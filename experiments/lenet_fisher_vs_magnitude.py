@@ -10,7 +10,9 @@ remain), Adam 1.2e-3, batch 60, 50,000 iterations, global pruning (Table 1).
 --quick is the same grid, small: real MNIST with a fixed 10% subset of the training
 set, 300 iterations (3 epochs) evaluated every 50, 2 replicates, 5 levels of 50%
 (3.1% remain, so that the strategies part ways; --pruning_fraction=0.2 for the
-study's rate). 12 runs, a few minutes on a laptop CPU.
+study's rate). 12 runs, a few minutes on a laptop CPU. --training_steps shortens (or
+lengthens) every level, e.g. `--quick --training_steps=100it` for a smoke test
+(experiments/colab.ipynb runs that way in the test suite).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--replicates", help="replicates, e.g. 1-3,7 (default 1-3; quick 1-2)")
     group.add_argument("--levels", type=int, help="pruning levels (default 26; quick 5)")
     group.add_argument("--pruning_fraction", type=float, help="default 0.2; quick 0.5")
+    group.add_argument(
+        "--training_steps", help="a level's training, e.g. 100it (default 50000it; quick 300it)"
+    )
     group.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated")
     group.add_argument(
         "--rewind", metavar="STEP", help="also rewind the survivors to STEP, e.g. 1000it"
@@ -52,7 +57,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def settings(args: argparse.Namespace) -> dict:
-    return sweep.settings(args, FULL, QUICK, ("replicates", "levels", "pruning_fraction"))
+    return sweep.settings(
+        args, FULL, QUICK, ("replicates", "levels", "pruning_fraction", "training_steps")
+    )
 
 
 def start_modes(args: argparse.Namespace) -> dict[str, list[str]]:

@@ -12,7 +12,15 @@ cancels it). A task runs `main.py` in a child process and routes Slurm's signals
   checkpoints and exits; the task waits for Slurm to end it and requeue it.
 
 A requeued task runs the same command again, which resumes from the checkpoint: the
-run ends with the weights of an uninterrupted one. Job ids and log paths go to
+run ends with the weights of an uninterrupted one.
+
+A run on N nodes x G GPUs (--slurm_nodes, --slurm_gpus_per_node) is one job of N·G
+tasks, as `srun` launches them: each task runs main.py with torchrun's environment
+(RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT: `distributed_env`, from
+Slurm's variables), so main.py joins one DDP run on its local rank's GPU. Preemption
+is as above: task 0 (submitit's only checkpointing task) stops its child, every rank
+stops at the same step (open_lth.foundations.distributed.agree_on_stop), rank 0 writes
+the checkpoint, and the requeued job's N·G tasks resume from it. Job ids and log paths go to
 `<root>/sweep_jobs.jsonl`, which `main.py status` reads.
 """
 
@@ -36,6 +44,8 @@ FLAGS = (
     "slurm_time",
     "slurm_gpus_per_task",
     "slurm_cpus_per_task",
+    "slurm_nodes",
+    "slurm_gpus_per_node",
     "slurm_array_parallelism",
     "slurm_setup",
 )
@@ -54,6 +64,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--slurm_time", help="time limit per task: minutes, HH:MM:SS or D-HH:MM:SS")
     group.add_argument("--slurm_gpus_per_task", type=int, help="GPUs per task (default 0)")
     group.add_argument("--slurm_cpus_per_task", type=int, help="CPUs per task (default 1)")
+    group.add_argument(
+        "--slurm_nodes", type=int, help="nodes per run (default 1); one DDP run over all"
+    )
+    group.add_argument(
+        "--slurm_gpus_per_node",
+        type=int,
+        help="GPUs per node, each driven by its own task (process) of one DDP run",
+    )
     group.add_argument("--slurm_array_parallelism", type=int, help="tasks of an array at a time")
     group.add_argument("--slurm_setup", help="a shell line run before each task")
 
@@ -86,6 +104,15 @@ def check(args: argparse.Namespace) -> str | None:
         value = getattr(args, name)
         if value is not None and value < (0 if name == "slurm_gpus_per_task" else 1):
             return f"--{name} must be {'0' if 'gpus' in name else '1'} or more, got {value}"
+    for name in ("slurm_nodes", "slurm_gpus_per_node"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            return f"--{name} must be 1 or more, got {value}"
+    if args.slurm_gpus_per_node is not None and args.slurm_gpus_per_task is not None:
+        return (
+            "--slurm_gpus_per_task and --slurm_gpus_per_node do not go together: with "
+            "--slurm_gpus_per_node each GPU gets its own task"
+        )
     if args.dry_run or args.print_commands:
         return None  # a preview needs no cluster
     if shutil.which("sbatch") is None:
@@ -113,6 +140,7 @@ class RunTask:
         env = dict(os.environ)
         if "SLURM_CPUS_PER_TASK" in env:  # torch would start a thread per core of the node
             env.setdefault("OMP_NUM_THREADS", env["SLURM_CPUS_PER_TASK"])
+        env.update(distributed_env(env))
         command = [sys.executable, self.main, *self.run]
         self.child = subprocess.Popen(command, cwd=self.repo, env=env)
         # poll, not wait: wait() holds a lock that submitit's handler (checkpoint) needs.
@@ -138,6 +166,66 @@ class RunTask:
                 pass
             _reap(child.pid, 120)
         return DelayedSubmission(RunTask(self.run, self.main, self.repo))
+
+
+def distributed_env(env: dict[str, str]) -> dict[str, str]:
+    """torchrun's variables for this task of a multi-task job, from Slurm's (SLURM_PROCID,
+    SLURM_NTASKS, SLURM_LOCALID, SLURM_JOB_NODELIST, SLURM_JOB_ID); none for a job of one
+    task, which runs as one process as before. MASTER_ADDR is the job's first node and
+    MASTER_PORT a function of the job id (the same in every task, and after a requeue)
+    unless the environment sets them."""
+    tasks = int(env.get("SLURM_NTASKS", "1"))
+    if tasks <= 1:
+        return {}
+    nodes = int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "1")))
+    return {
+        "RANK": env["SLURM_PROCID"],
+        "WORLD_SIZE": str(tasks),
+        "LOCAL_RANK": env["SLURM_LOCALID"],
+        "LOCAL_WORLD_SIZE": str(tasks // nodes),
+        "MASTER_ADDR": env.get("MASTER_ADDR") or first_host(env["SLURM_JOB_NODELIST"]),
+        "MASTER_PORT": env.get("MASTER_PORT") or str(20000 + int(env["SLURM_JOB_ID"]) % 40000),
+    }
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list: 'gpu[007-010,012],cpu1' -> 'gpu007'."""
+    match = re.match(r"([^,\[]*)(?:\[([^\]\-,]+)[^\]]*\]([^,]*))?", nodelist)
+    if not match or not match.group(0):
+        raise ValueError(f"malformed SLURM_JOB_NODELIST '{nodelist}'")
+    prefix, first, suffix = match.groups()
+    return prefix + (first or "") + (suffix or "")
+
+
+def parameters(args: argparse.Namespace, setup: list[str]) -> dict:
+    """submitit's SlurmExecutor parameters for each run of the sweep."""
+    params = {
+        "time": minutes(args.slurm_time) if args.slurm_time else 24 * 60,
+        "cpus_per_task": args.slurm_cpus_per_task or 1,
+        "setup": setup,
+        "stderr_to_stdout": True,  # one log per task, whose last line status shows
+    }
+    if args.slurm_partition:
+        params["partition"] = args.slurm_partition
+    if args.slurm_gpus_per_task:
+        params["gpus_per_task"] = args.slurm_gpus_per_task
+    if args.slurm_nodes or args.slurm_gpus_per_node:
+        # One task per GPU (srun starts them; distributed_env makes them one DDP run).
+        params["nodes"] = args.slurm_nodes or 1
+        params["ntasks_per_node"] = args.slurm_gpus_per_node or 1
+        if args.slurm_gpus_per_node:
+            params["gpus_per_node"] = args.slurm_gpus_per_node
+    if args.slurm_array_parallelism:
+        params["array_parallelism"] = args.slurm_array_parallelism
+    return params
+
+
+def run_shape(args: argparse.Namespace) -> str:
+    """' of N nodes x G GPUs each' for a run over several tasks; '' for one task a run."""
+    if not (args.slurm_nodes or args.slurm_gpus_per_node):
+        return ""
+    nodes, gpus = args.slurm_nodes or 1, args.slurm_gpus_per_node or 1
+    return f", each one DDP run of {nodes} nodes x {gpus} GPUs ({nodes * gpus} processes)"
 
 
 def _reap(pid: int, seconds: float) -> None:
@@ -170,18 +258,7 @@ def submit(
     setup = [f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}"]
     if args.slurm_setup:
         setup.append(args.slurm_setup)
-    params = {
-        "time": minutes(args.slurm_time) if args.slurm_time else 24 * 60,
-        "cpus_per_task": args.slurm_cpus_per_task or 1,
-        "setup": setup,
-        "stderr_to_stdout": True,  # one log per task, whose last line status shows
-    }
-    if args.slurm_partition:
-        params["partition"] = args.slurm_partition
-    if args.slurm_gpus_per_task:
-        params["gpus_per_task"] = args.slurm_gpus_per_task
-    if args.slurm_array_parallelism:
-        params["array_parallelism"] = args.slurm_array_parallelism
+    params = parameters(args, setup)
     arrays: list[str] = []
     for number, todo in enumerate(phases, 1):
         if not todo:

@@ -351,7 +351,8 @@ def execute(phases: Phases, args: argparse.Namespace) -> int:
                 n = len(packs.group(todo, size))
                 print(f"  as {n} commands (compatible runs in packs of up to {size})")
             if on_slurm:
-                print(f"  would submit a job array of {len(phase) - sum(done)} tasks")
+                shape = slurm.run_shape(args)
+                print(f"  would submit a job array of {len(phase) - sum(done)} tasks{shape}")
             continue
         todo = [(run, location) for (run, location, _), d in zip(phase, done, strict=True) if not d]
         entries = packs.group(todo, size)

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from open_lth.main import main
 
@@ -17,6 +18,13 @@ CIFAR = DATA / "cifar10-subset"
 
 # Tests never reach for the network: a missing file must fail at once.
 os.environ["OPEN_LTH_OFFLINE"] = "1"
+
+# Under pytest-xdist (-n auto: one worker a core) each worker, and every process it
+# starts, computes on one thread: torch's own threads on top of the workers oversubscribe
+# the cores, and their spinning made steps several times slower on a loaded machine.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

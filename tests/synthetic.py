@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from open_lth.foundations import formats
+
 LAYERS = {"fc_layers.0.weight": (24, 16), "fc_layers.1.weight": (12, 24), "fc.weight": (10, 12)}
 END = 300
 EVALS = (0, 100, 200, 300)
@@ -82,6 +84,9 @@ class Layout:
 
 
 def write_json(path: Path, value: dict) -> None:
+    """A JSON file; an hparams.json records the format, as a run's does."""
+    if path.name == "hparams.json":
+        value = {**value, formats.KEY: formats.FORMAT}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(value, indent=2, sort_keys=True))
 

@@ -27,7 +27,10 @@ LENET = f"--default_hparams={LENET_NAME}"
     [
         (["--default_hparams=mnist_lenet_x"], "unknown model 'mnist_lenet_x'; known models:"),
         ([LENET, "--model_name=resnet"], "known models: cifar_resnet_20"),
-        ([LENET, "--dataset_name=svhn"], "unknown dataset 'svhn'; known datasets: cifar10, mnist"),
+        (
+            [LENET, "--dataset_name=svhn"],
+            "unknown dataset 'svhn'; known datasets: cifar10, imagenet, mnist, tinyimagenet",
+        ),
         ([LENET, "--optimizer_name=rmsprop"], "--optimizer_name must be one of sgd, adam"),
         ([LENET, "--model_init=xavier"], "known initializers: kaiming_normal"),
         ([LENET, "--training_steps=12xyz"], "malformed --training_steps '12xyz'"),
@@ -59,7 +62,7 @@ def test_bad_flag(cli, tmp_path: Path, flags: list[str], expected: str) -> None:
 
 def test_unknown_subcommand(cli) -> None:
     code, _, err = cli("trian")
-    known = "known subcommands: lottery, lottery_branch, pack, report, status, train"
+    known = "known subcommands: export, lottery, lottery_branch, pack, report, status, train"
     assert code == 2 and f"unknown subcommand 'trian'; {known}" in err
 
 

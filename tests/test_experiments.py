@@ -443,6 +443,8 @@ def test_notebook_is_valid_and_runs(layout, monkeypatch, capsys) -> None:
     assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code)
     monkeypatch.setenv("OPEN_LTH_RESULTS", str(layout.root))
     monkeypatch.chdir(REPO / "experiments")
+    # Outside Jupyter (IPython is installed with the notebook runner): the print fallback.
+    monkeypatch.setitem(sys.modules, "IPython.display", None)
     namespace: dict = {}
     for cell in code:
         exec("".join(cell["source"]), namespace)  # noqa: S102

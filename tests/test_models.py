@@ -143,7 +143,7 @@ def test_resnet_prunable_layers():
         ("cifar_vgg_16", True),
         ("cifar_vgg_12", False),
         ("cifar_vgg_", False),
-        ("imagenet_resnet_50", False),
+        ("imagenet_vgg_16", False),
     ],
 )
 def test_name_validation(name, valid):

@@ -5,11 +5,13 @@ no DataLoader: on a GPU this is what keeps small models from starving."""
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import torch
 
 from open_lth.foundations import distributed, registries
+from open_lth.foundations.dataset import StreamedDataset
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import DatasetHparams
 
@@ -52,6 +54,65 @@ def crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Te
     return crop_flip_apply(x, pad, *crop_flip_draws(len(x), pad, generator, x.device))
 
 
+def resized_crop_draws(
+    b: int,
+    shape: tuple[int, int],
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, ...]:
+    """RandomResizedCrop's boxes (left, top, width, height) and flips for b images of
+    one shape, drawn for the whole batch at once: 10 tries of area and aspect ratio per
+    image, the first that fits wins, else the central crop of the clamped ratio."""
+    h, w = shape
+    tries = (b, 10)
+    area = h * w * torch.empty(tries, device=device).uniform_(*scale, generator=generator)
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    aspect = torch.empty(tries, device=device).uniform_(*log_ratio, generator=generator).exp()
+    cw = torch.sqrt(area * aspect).round()
+    ch = torch.sqrt(area / aspect).round()
+    fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = fits.int().argmax(1, keepdim=True)
+    cw, ch = cw.gather(1, first).squeeze(1), ch.gather(1, first).squeeze(1)
+    fw, fh = w, h  # the fallback: the whole image, its ratio clamped into `ratio`
+    if w / h < ratio[0]:
+        fh = round(w / ratio[0])
+    elif w / h > ratio[1]:
+        fw = round(h * ratio[1])
+    found = fits.any(1)
+    cw = torch.where(found, cw, torch.full_like(cw, fw))
+    ch = torch.where(found, ch, torch.full_like(ch, fh))
+    u = torch.rand((b, 2), device=device, generator=generator)
+    top = torch.where(found, (u[:, 0] * (h - ch + 1)).floor(), torch.full_like(ch, (h - fh) // 2))
+    left = torch.where(found, (u[:, 1] * (w - cw + 1)).floor(), torch.full_like(cw, (w - fw) // 2))
+    flip = torch.rand(b, device=device, generator=generator) < 0.5
+    return torch.stack([left, top, cw, ch], 1), flip
+
+
+def resized_crop_apply(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Each image's box resized (bilinear) to the image's own size and flipped where
+    `flip`, in one grid_sample for the batch: float (B, C, H, W)."""
+    b, c, h, w = x.shape
+    left, top, cw, ch = boxes.unbind(1)
+    theta = torch.zeros((b, 2, 3), device=x.device)
+    # Output coordinate u in [-1, 1] (pixel edges) maps to the box's edges in the input.
+    theta[:, 0, 0] = torch.where(flip, -cw / w, cw / w)
+    theta[:, 0, 2] = (2 * left + cw) / w - 1
+    theta[:, 1, 1] = ch / h
+    theta[:, 1, 2] = (2 * top + ch) / h - 1
+    grid = torch.nn.functional.affine_grid(theta, [b, c, h, w], align_corners=False)
+    return torch.nn.functional.grid_sample(
+        x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The seeded permutation of n examples for one epoch (on the CPU)."""
+    g = torch.Generator().manual_seed(derive_seed("order", seed, epoch))
+    return torch.randperm(n, generator=g)
+
+
 class DeviceData:
     """One split of a registered data set, resident on `device`."""
 
@@ -64,8 +125,11 @@ class DeviceData:
         augmentation: str | None,
         pad: int,
         device: torch.device,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
     ) -> None:
         self.images = images.to(device)
+        self.scale, self.ratio = scale, ratio
         self.labels = labels.to(device)
         self.device = device
         self.augmentation = augmentation
@@ -88,6 +152,8 @@ class DeviceData:
         x = self.images[index]
         if generator is not None and self.augmentation == "crop_flip":
             x = crop_flip(x, self.pad, generator)
+        elif generator is not None and self.augmentation == "resized_crop_flip":
+            x = resized_crop_apply(x, *self._resized_crop_draws(len(x), generator))
         return torch.addcmul(self._shift, x.float(), self._scale), self.labels[index]
 
     def copies_batch(
@@ -111,15 +177,25 @@ class DeviceData:
                 draws.append(crop_flip_draws(b, self.pad, generator, x.device))
             dy, dx, flip = (torch.cat(d) for d in zip(*draws, strict=True))
             x = crop_flip_apply(x, self.pad, dy, dx, flip)
+        elif generator is not None and self.augmentation == "resized_crop_flip":
+            draws = []
+            for seed in seeds or []:
+                generator.manual_seed(seed)
+                draws.append(self._resized_crop_draws(b, generator))
+            boxes, flip = (torch.cat(d) for d in zip(*draws, strict=True))
+            x = resized_crop_apply(x, boxes, flip)
         x = torch.addcmul(self._shift, x.float(), self._scale)
         if k > 1:
             x = x.view(k, b, *x.shape[1:]).transpose(0, 1).reshape(b, -1, *x.shape[2:])
         return x, self.labels[index].t()
 
+    def _resized_crop_draws(self, b: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        shape = tuple(self.images.shape[2:])
+        return resized_crop_draws(b, shape, self.scale, self.ratio, generator, self.device)
+
     def order(self, seed: int, epoch: int) -> torch.Tensor:
         """The seeded permutation of the examples for one epoch (on the device)."""
-        g = torch.Generator().manual_seed(derive_seed("order", seed, epoch))
-        return torch.randperm(len(self), generator=g).to(self.device)
+        return epoch_order(len(self), seed, epoch).to(self.device)
 
 
 class BatchesInStep:
@@ -156,13 +232,26 @@ def load(
     """A split on the device and the data set's number of classes. The training split is
     subsampled (fixed seed, so every run sees the same subset) when asked."""
     dataset = registries.datasets.get(hparams.dataset_name)
-    images, labels = dataset.load(Path(root), train)
+    if issubclass(dataset, StreamedDataset):
+        source, classes = dataset.source(Path(root), train)
+        labels = torch.from_numpy(source.labels)
+    else:
+        images, labels = dataset.load(Path(root), train)
+        classes = dataset.num_classes
     if train and hparams.subsample_fraction is not None:
         g = torch.Generator().manual_seed(0)
-        keep = torch.randperm(len(labels), generator=g)[
-            : max(1, round(hparams.subsample_fraction * len(labels)))
-        ]
-        images, labels = images[keep.sort().values], labels[keep.sort().values]
+        keep = (
+            torch.randperm(len(labels), generator=g)[
+                : max(1, round(hparams.subsample_fraction * len(labels)))
+            ]
+            .sort()
+            .values
+        )
+        if issubclass(dataset, StreamedDataset):
+            source = source.subset(keep.numpy())
+        else:
+            images = images[keep]
+        labels = labels[keep]
     augmentation = None if hparams.do_not_augment or not train else dataset.augmentation
     world = distributed.world_size()
     if train and hparams.batch_size % world:
@@ -174,5 +263,16 @@ def load(
         raise UserError(
             f"--batch_size {hparams.batch_size} is larger than the {len(labels)} training examples"
         )
-    data = DeviceData(images, labels, dataset.mean, dataset.std, augmentation, dataset.pad, device)
-    return data, dataset.num_classes
+    if issubclass(dataset, StreamedDataset):
+        from open_lth.training.streaming import StreamData  # Pillow, only for these
+
+        stream = StreamData(
+            source, dataset.mean, dataset.std, augmentation or "center_crop", dataset.size,
+            dataset.resize, dataset.scale, dataset.ratio, device,
+        )  # fmt: skip
+        return stream, classes  # type: ignore[return-value]  # DeviceData's interface
+    data = DeviceData(
+        images, labels, dataset.mean, dataset.std, augmentation, dataset.pad, device,
+        dataset.scale, dataset.ratio,
+    )  # fmt: skip
+    return data, classes

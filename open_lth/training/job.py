@@ -13,6 +13,7 @@ from open_lth.foundations import registries
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.platform import Platform
 from open_lth.foundations.step import Step, check_step_syntax
+from open_lth.training.trackers import parse_loggers
 from open_lth.training.train_step import check_mode
 from open_lth.training.trainer import TrainOptions
 
@@ -75,6 +76,12 @@ def add_job_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="deterministic GPU kernels: a resumed GPU run then ends bit-identical",
     )
+    group.add_argument(
+        "--loggers",
+        metavar="NAMES",
+        help="trackers beside metrics.csv, comma-separated: tensorboard, wandb (each an "
+        "optional extra: pip install -e .[tensorboard])",
+    )
 
 
 def create_job(args: argparse.Namespace) -> Job:
@@ -94,6 +101,12 @@ def create_job(args: argparse.Namespace) -> Job:
     if args.pack_streams < 1:
         raise UserError(f"--pack_streams must be a positive integer, got {args.pack_streams}")
     options = TrainOptions(
-        args.eval_every, args.checkpoint_every, args.quiet, args.cuda_graphs, args.pack_streams
+        args.eval_every,
+        args.checkpoint_every,
+        args.quiet,
+        args.cuda_graphs,
+        args.pack_streams,
+        parse_loggers(args.loggers),
+        platform.root,
     )
     return Job(replicate, platform, options)

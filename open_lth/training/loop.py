@@ -14,8 +14,10 @@ its weights end identical.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -36,10 +38,11 @@ from open_lth.training.progress import Progress
 from open_lth.training.schedule import build_optimizer, lr_schedule
 from open_lth.training.signals import Interrupted, StopFlag, signals_to_flag
 from open_lth.training.stacked import Lanes, stack, stack_state, unstack_state
+from open_lth.training.trackers import Tracker, open_trackers
 from open_lth.training.train_step import StepParts, make_step, replays, set_capturable
 
 if TYPE_CHECKING:
-    from open_lth.training.trainer import Stage
+    from open_lth.training.trainer import Stage, TrainOptions
 
 
 class Loop:
@@ -65,9 +68,13 @@ class Loop:
         ):
             return {}  # finished; killed before the caller wrote its summary
         self.build()
-        self.start()
-        self.make_step()
-        self.train()
+        try:
+            self.start()
+            self.make_step()
+            self.train()
+        finally:  # the end of the stage, an interruption or an error: the trackers' runs end
+            for logger in self.loggers:
+                logger.close()
         if self.live():
             self.save_weights(self.end)
         if distributed.is_primary():
@@ -105,7 +112,10 @@ class Loop:
         apply_mask(net, self.mask)
         forward_net = distributed.wrap(net, self.device)  # DDP under torchrun
         self.step_net = torch.compile(forward_net) if hparams.compile else forward_net
-        self.loggers = [MetricLogger(paths.metrics(c.out)) for c in stage.copies]
+        self.loggers = [
+            MetricLogger(paths.metrics(c.out), functools.partial(_trackers, c.out, stage.options))
+            for c in stage.copies
+        ]
 
     def start(self) -> None:
         """Resume from the checkpoint, or begin: save the starting weights and log the
@@ -279,6 +289,11 @@ class Loop:
             state.diverged[j] = message
             out = self.stage.copies[j].out
             print(f"error: {out}: {message}; the pack's other runs go on", file=sys.stderr)
+
+
+def _trackers(out: Path, options: TrainOptions, after: int) -> list[Tracker]:
+    """The --loggers of one copy's folder, opened where its metrics.csv is cut back."""
+    return open_trackers(options.loggers, out, options.root, after, options.quiet)
 
 
 def _every(text: str | None, ipe: int, flag: str) -> int:

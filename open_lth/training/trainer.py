@@ -26,6 +26,8 @@ class TrainOptions:
     quiet: bool = False
     cuda_graphs: str = "auto"  # auto: replay the step from a CUDA graph on CUDA
     pack_streams: int = 1  # a pack as this many networks, each on its own CUDA stream
+    loggers: tuple[str, ...] = ()  # trackers beside metrics.csv: tensorboard, wandb
+    root: Path | None = None  # the runs' root: trackers name a run by its folder below it
 
 
 @dataclass
