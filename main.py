@@ -1,4 +1,4 @@
-"""The command line: `python main.py <subcommand> [--flags]`; see README.md.
+"""The command line: `python main.py <subcommand> [--flags]`; see README.md and docs/
 
 The work is in open_lth/main.py. This script's folder (the checkout) goes to the end
 of the import path: its plugin folders (`datasets/`, `models/`, ...) are imported as

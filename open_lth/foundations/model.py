@@ -20,7 +20,7 @@ class Model(nn.Module, abc.ABC):
     `is_valid_model_name` says yes to (e.g. `cifar_resnet_56_32`).
     """
 
-    # Names shown when an unknown model is asked for, and in the README.
+    # Names shown when an unknown model is asked for, and in the docs.
     name_examples: ClassVar[list[str]] = []
     # Convolutional models run channels_last on a GPU.
     is_convolutional: ClassVar[bool] = False

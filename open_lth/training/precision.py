@@ -10,7 +10,7 @@ import torch
 
 from open_lth.foundations.errors import note_once
 
-# Convolutional models run channels_last on a GPU (see the README's GPU figures).
+# Convolutional models run channels_last on a GPU (see docs/speed.md's GPU figures).
 CHANNELS_LAST = True
 
 
