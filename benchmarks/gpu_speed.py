@@ -149,12 +149,14 @@ def trainer_its(
     bf16: bool = False,
     compile: bool = False,
     k: int = 1,
+    fp16: bool = False,
     pack_streams: int = 1,
 ) -> float:
     """The trainer's own clock between its evaluations at steps/2 and steps: iterations
     (of all K copies together) per second, in steady state."""
     fields = {**spec["training"].to_dict(), "training_steps": f"{steps}it"}
-    training = type(spec["training"])(**{**fields, "bf16": bf16, "compile": compile})
+    precision = {"bf16": bf16, "fp16": fp16, "compile": compile}
+    training = type(spec["training"])(**{**fields, **precision})
     device = spec["train"].device
     models = [build_model(spec["model_hp"], 10, seed=i).to(device) for i in range(k)]
     options = TrainOptions(
@@ -271,6 +273,8 @@ def main() -> None:
         rates[model, "(b) trainer, eager"] = trainer_its(spec, steps, "off")
         rates[model, "(c) trainer, CUDA graphs"] = trainer_its(spec, steps, "auto")
         rates[model, "(d) graphs + bf16"] = trainer_its(spec, steps, "auto", bf16=True)
+        # fp16 with its loss scaler: what a GPU without bfloat16 (Colab's T4) would run
+        rates[model, "(d') graphs + fp16"] = trainer_its(spec, steps, "auto", fp16=True)
         if args.compile:
             try:
                 rate = trainer_its(spec, steps, "auto", compile=True)
