@@ -280,7 +280,8 @@ def test_controls(cli, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "flags,expected",
     [
-        (["--levels=3"], "level 3 of"),
+        # an empty root: no lottery run at all (issue 19: say so, not "level 3 not trained")
+        (["--levels=3"], "no lottery run with these flags under"),
         (["--levels=0", "--noise_seeds=4,4"], "--noise_seeds 4,4: the two seeds must differ"),
         (["--levels=0", "--noise_seeds=4"], "give two integers"),
         (["--levels=0", "--interpolation_points=1"], "--interpolation_points must be at least 2"),
