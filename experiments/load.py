@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from open_lth.api import groups_of
 from open_lth.foundations import paths
 from open_lth.foundations.errors import UserError
 
@@ -144,12 +145,7 @@ def flatten(hparams: dict | None) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     if not hparams:
         return flat
-    groups = dict(hparams)
-    nested = groups.get("lottery")
-    if isinstance(nested, dict) and nested and all(isinstance(v, dict) for v in nested.values()):
-        groups.pop("lottery")
-        groups = {**nested, **groups}
-    for group, values in groups.items():
+    for group, values in groups_of(hparams).items():
         if isinstance(values, dict):
             for field, value in values.items():
                 flat[f"{group}.{field}"] = value

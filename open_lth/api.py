@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from open_lth.foundations import formats, paths
+from open_lth.foundations import formats, masks, paths
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import DatasetHparams, ModelHparams
 from open_lth.foundations.masks import Mask
@@ -160,12 +160,12 @@ def apply_mask(model: torch.nn.Module, mask: Mask) -> torch.nn.Module:
     unknown = sorted(set(mask) - set(params))
     if unknown:
         raise UserError(f"the mask names weights the model does not have: {unknown[:3]}")
-    with torch.no_grad():
-        for name, keep in mask.items():
-            param = params[name]
-            keep = keep.to(param.device, param.dtype)
-            param.mul_(keep)
-            param.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device))
+    masks.apply_mask(model, mask)
+    for name, keep in mask.items():
+        param = params[name]
+        keep = keep.to(param.device, param.dtype)
+        # the model may move to another device afterwards: the hook follows the gradient
+        param.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device))
     return model
 
 
