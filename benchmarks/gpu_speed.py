@@ -146,6 +146,7 @@ def trainer_its(
     spec: dict,
     steps: int,
     graphs: str,
+    *,
     bf16: bool = False,
     compile: bool = False,
     k: int = 1,
@@ -153,7 +154,8 @@ def trainer_its(
     pack_streams: int = 1,
 ) -> float:
     """The trainer's own clock between its evaluations at steps/2 and steps: iterations
-    (of all K copies together) per second, in steady state."""
+    (of all K copies together) per second, in steady state. The options are keywords: a
+    new one inserted among positional ones once turned pack_speed's lanes into --fp16."""
     fields = {**spec["training"].to_dict(), "training_steps": f"{steps}it"}
     precision = {"bf16": bf16, "fp16": fp16, "compile": compile}
     training = type(spec["training"])(**{**fields, **precision})

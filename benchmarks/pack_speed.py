@@ -65,9 +65,11 @@ def measure(
     for k in ks:
         packed, alone = [], []
         for _ in range(rounds):
-            packed.append(k * trainer_its(spec, steps, graphs, bf16, compile, k, pack_streams))
+            options = {"bf16": bf16, "compile": compile}
+            rate = trainer_its(spec, steps, graphs, k=k, pack_streams=pack_streams, **options)
+            packed.append(k * rate)
             # K runs one after the other: K steady-state windows of the same length.
-            seconds = sum(1 / trainer_its(spec, steps, graphs, bf16, compile) for _ in range(k))
+            seconds = sum(1 / trainer_its(spec, steps, graphs, **options) for _ in range(k))
             alone.append(k / seconds)
         rows.append(
             {
