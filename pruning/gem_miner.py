@@ -26,38 +26,42 @@ trains the scores on after its last event, then hands on the survivors of that e
 mask and the search stops at the last event. Layers in --pruning_layers_to_ignore get no
 scores and keep their mask.
 
-The search is a pure function of (seed, step): the data order of epoch e comes from
+The search trains through the one training loop (open_lth.training.loop) as a stage of
+one copy: `ScoredNetwork` holds the scores (its only trained parameters), the survivors
+and the masked weights, all updated in place at a prune event, so that on CUDA the
+step is replayed from a CUDA graph like any training step and a replay sees the new
+mask. It is a pure function of (seed, step): the data order of epoch e comes from
 (seed, e) and the augmentation of step t from (seed, t), so a search resumed from its
 checkpoint (`gem_miner_checkpoint.pt` in the level's folder, written at every pruning
-event) ends with the mask an uninterrupted one finds.
+event and on a signal, through the loop's checkpoint code) ends with the mask an
+uninterrupted one finds.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import sys
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call
-from tqdm import tqdm
 
-from open_lth.foundations import formats, registries
+from open_lth.foundations import distributed, formats, paths, registries
 from open_lth.foundations.errors import TrainingDiverged, UserError
-from open_lth.foundations.hparams import Hparams, PruningHparams, hp
+from open_lth.foundations.hparams import Hparams, PruningHparams, TrainingHparams, hp
 from open_lth.foundations.masks import Mask
 from open_lth.foundations.model import Model
 from open_lth.foundations.step import Step
-from open_lth.foundations.store import atomic_torch_save, torch_load
 from open_lth.lottery.strategy import PruneContext, Strategy
 from open_lth.pruning.at_init import AtInitHparams, resolve_density
 from open_lth.pruning.select import remove_lowest, survivors
+from open_lth.training.checkpoints import tag_of
 from open_lth.training.data import derive_seed
-from open_lth.training.signals import Interrupted, signals_to_flag
-from open_lth.training.trainer import iterations_per_epoch
+from open_lth.training.loop import Loop
+from open_lth.training.signals import Interrupted
+from open_lth.training.trainer import Copy, Seeds, Stage, TrainOptions, iterations_per_epoch
 
 CHECKPOINT = "gem_miner_checkpoint.pt"
 
@@ -199,19 +203,77 @@ class GemMinerStrategy(Strategy):
         return _Search(ctx, ignore, hparams).run()
 
 
+class ScoredNetwork(nn.Module):
+    """The search's network: `model` (the level's starting weights, frozen, BatchNorm
+    without γ and β) run with each scored layer's weight·1[score > 0.5] and each
+    ignored layer's masked weight. The scores are its only trained parameters; the
+    survivors (`alive{i}`) and the masked weights (`masked{i}` = weight·alive, made
+    once, then zeroed in place where a prune event removes a weight) are buffers."""
+
+    def __init__(
+        self, model: Model, names: list[str], previous: Mask, seed: int, device: torch.device
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.names = names
+        self.ignored = [n for n in previous if n not in names]
+        params = dict(model.named_parameters())
+        g = torch.Generator().manual_seed(seed)
+        self.scores = nn.ParameterList()
+        for i, n in enumerate(names):
+            alive = previous[n].to(device, torch.bool)
+            score = torch.rand(alive.shape, generator=g).to(device) * alive  # U(0, 1)
+            self.scores.append(nn.Parameter(score))
+            self.register_buffer(f"alive{i}", alive.clone())
+            self.register_buffer(f"masked{i}", torch.empty_like(params[n]), persistent=False)
+        for j, n in enumerate(self.ignored):  # constant
+            keep = previous[n].to(device, params[n].dtype)
+            self.register_buffer(f"fixed{j}", params[n].detach() * keep, persistent=False)
+        self.refresh()
+        # A resumed search's survivors arrive by load_state_dict: its masked weights follow.
+        self.register_load_state_dict_post_hook(lambda module, keys: module.refresh())
+
+    @property
+    def is_convolutional(self) -> bool:  # channels_last on CUDA, as the model trains
+        return getattr(self.model, "is_convolutional", False)
+
+    def alive(self) -> list[torch.Tensor]:
+        return [getattr(self, f"alive{i}") for i in range(len(self.names))]
+
+    def refresh(self) -> None:
+        """masked = weight·alive, in place (a captured step reads these tensors): a
+        removed weight is 0, so its score gets no gradient."""
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for i, (n, a) in enumerate(zip(self.names, self.alive(), strict=True)):
+                getattr(self, f"masked{i}").copy_(params[n] * a.to(params[n].dtype))
+
+    def clamp_scores(self) -> None:
+        """Scores back into [0, 1] after every step. A removed score stays 0: no gradient
+        (its weight is masked), no momentum (cleared when removed), and 2λ·0 = 0."""
+        with torch.no_grad():
+            torch._foreach_clamp_min_(list(self.scores), 0.0)
+            torch._foreach_clamp_max_(list(self.scores), 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = {n: getattr(self, f"fixed{j}") for j, n in enumerate(self.ignored)}
+        for i, (n, s) in enumerate(zip(self.names, self.scores, strict=True)):
+            weights[n] = _MaskedWeight.apply(getattr(self, f"masked{i}"), s)
+        return functional_call(self.model, weights, (x,))
+
+
 class _Search:
-    """One score search: its state lives on the device, its checkpoint in ctx.workdir."""
+    """One score search: the network, its schedule of prune events, and the stage the
+    training loop runs; its checkpoint lives in ctx.workdir."""
 
     def __init__(self, ctx: PruneContext, ignore: list[str], hparams: GemMinerHparams) -> None:
         self.ctx = ctx
         self.hparams = hparams
-        self.device = device = ctx.train_data.device
         self.names = [n for n in ctx.mask if n not in ignore]
         if not self.names:
             raise UserError("gem_miner: every prunable layer is in --pruning_layers_to_ignore")
-        previous = {n: m.to(device, torch.bool) for n, m in ctx.mask.items()}
-        total = sum(previous[n].numel() for n in self.names)
-        self.n0 = sum(int(previous[n].sum()) for n in self.names)
+        total = sum(ctx.mask[n].numel() for n in self.names)
+        self.n0 = sum(int(ctx.mask[n].sum()) for n in self.names)
         self.target = round(hparams.target_density * total)
         if self.target < 1:
             raise UserError(
@@ -222,49 +284,10 @@ class _Search:
                 f"--target_density {hparams.target_density} keeps {self.target} weights, but "
                 f"only {self.n0} survive the previous mask"
             )
-        ipe = iterations_per_epoch(ctx.train_data, ctx.batch_size)
-        self.ipe = ipe
-        self.steps = Step.from_str(hparams.gem_miner_steps, ipe, "--gem_miner_steps").iteration
-        every = Step.from_str(hparams.gem_miner_prune_every, ipe, "--gem_miner_prune_every")
-        self.every = every.iteration
-        self.event_steps = prune_events(self.steps, self.every, ipe)
-        if not self.event_steps:
-            raise UserError(
-                f"--gem_miner_steps {hparams.gem_miner_steps} leaves no prune event with "
-                f"--gem_miner_prune_every {hparams.gem_miner_prune_every}"
-            )
-        self.events = len(self.event_steps)
-
-        # A copy (the lottery trains ctx.start_model) in train mode, whose BatchNorm
-        # layers have no affine parameters (γ = 1, β = 0), as the released code's
-        # NonAffineBatchNorm, and normalize with the batch statistics.
-        self.model = copy.deepcopy(ctx.start_model).to(device).train()
-        for module in self.model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.weight, module.bias, module.affine = None, None, False
-        self.model.requires_grad_(False)
-        params = dict(self.model.named_parameters())
-        self.weights = {n: params[n].detach() for n in self.names}
-        # Ignored layers: their masked weights, constant.
-        ignored = [n for n in ctx.mask if n not in self.names]
-        self.fixed = {n: params[n].detach() * previous[n].to(params[n].dtype) for n in ignored}
-
-        g = torch.Generator().manual_seed(ctx.seed)
-        self.alive = [previous[n].clone() for n in self.names]
-        self.scores = [
-            (torch.rand(previous[n].shape, generator=g).to(device) * a).requires_grad_()
-            for n, a in zip(self.names, self.alive, strict=True)
-        ]
-        # The regularizer λ·Σ s² enters as its gradient 2λ·s through SGD's weight decay:
-        # the same update, without a reduction and its backward every step.
-        self.optimizer = torch.optim.SGD(
-            self.scores,
-            lr=hparams.gem_miner_lr,
-            momentum=hparams.gem_miner_momentum,
-            weight_decay=2 * hparams.gem_miner_lambda,
+        self._schedule(iterations_per_epoch(ctx.train_data, ctx.batch_size))
+        self.net = ScoredNetwork(
+            _non_affine(ctx.start_model), self.names, ctx.mask, ctx.seed, ctx.train_data.device
         )
-        self.step = 0
-        self._update_masked()
         self.path = ctx.workdir / CHECKPOINT
         self.config = {
             "seed": ctx.seed,
@@ -277,133 +300,94 @@ class _Search:
             "hparams": hparams.to_dict(),
         }
 
-    # --- checkpoint ---
+    def _schedule(self, ipe: int) -> None:
+        hparams = self.hparams
+        self.steps = Step.from_str(hparams.gem_miner_steps, ipe, "--gem_miner_steps").iteration
+        every = Step.from_str(hparams.gem_miner_prune_every, ipe, "--gem_miner_prune_every")
+        self.event_steps = prune_events(self.steps, every.iteration, ipe)
+        if not self.event_steps:
+            raise UserError(
+                f"--gem_miner_steps {hparams.gem_miner_steps} leaves no prune event with "
+                f"--gem_miner_prune_every {hparams.gem_miner_prune_every}"
+            )
+        self.events = len(self.event_steps)
 
-    def _save(self) -> None:
-        atomic_torch_save(
-            self.path,
-            {
-                "config": self.config,
-                "step": self.step,
-                "scores": {n: s.detach() for n, s in zip(self.names, self.scores, strict=True)},
-                "alive": dict(zip(self.names, self.alive, strict=True)),
-                "optimizer": self.optimizer.state_dict(),
-            },
+    def stage(self) -> Stage:
+        """The search as a stage of one copy: SGD on the scores (the regularizer λ·Σ s²
+        enters as its gradient 2λ·s through weight decay: the same update, without a
+        reduction and its backward every step), cosine over the whole schedule, to the
+        last prune event; a checkpoint at every event before it."""
+        h, ctx = self.hparams, self.ctx
+        last = self.event_steps[-1]
+        sgd = TrainingHparams(
+            "sgd", h.gem_miner_lr, f"{last}it", momentum=h.gem_miner_momentum,
+            weight_decay=2 * h.gem_miner_lambda,
+        )  # fmt: skip
+        seeds = Seeds(
+            derive_seed("gem_miner_order", ctx.seed), derive_seed("gem_miner_augment", ctx.seed)
         )
+        return Stage(
+            sgd, ctx.train_data, None, ctx.batch_size, [Copy(None, seeds)],
+            TrainOptions(quiet=ctx.quiet, cuda_graphs=ctx.cuda_graphs), checkpoint=self.path,
+            schedule=lambda it: cosine_lr(h.gem_miner_lr, it, self.steps),
+            after_step=self.net.clamp_scores, at_iteration=self.at_iteration,
+            checkpoint_iterations=tuple(self.event_steps[:-1]), checkpoint_tag=self.config,
+        )  # fmt: skip
 
-    def _resume(self) -> None:
-        if not self.path.exists():
-            return
-        ckpt = torch_load(self.path, self.device)
-        if ckpt.get("config") != self.config:
-            return  # another search's (the code or the context changed): start afresh
-        with torch.no_grad():
-            for n, s, a in zip(self.names, self.scores, self.alive, strict=True):
-                s.copy_(ckpt["scores"][n])
-                a.copy_(ckpt["alive"][n])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.step = int(ckpt["step"])
+    def at_iteration(self, loop: Loop, it: int) -> None:
+        if it in self.event_steps:
+            loop.check_finite()
+            self._prune_event(self.event_steps.index(it) + 1, loop.optimizer)
 
-    # --- the search ---
-
-    def _update_masked(self) -> None:
-        """The frozen weights with the current survivors (and the previous mask) applied:
-        a removed weight is 0, so its score gets no gradient."""
-        self.masked = [
-            self.weights[n] * a.to(self.weights[n].dtype)
-            for n, a in zip(self.names, self.alive, strict=True)
-        ]
-
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The cross-entropy of the network with weight·1[score > 0.5] (the regularizer
-        λ·Σ score² enters through the optimizer's weight decay)."""
-        weights = dict(self.fixed)
-        for n, w, s in zip(self.names, self.masked, self.scores, strict=True):
-            weights[n] = _MaskedWeight.apply(w, s)
-        output = functional_call(self.model, weights, (x,))
-        return F.cross_entropy(output.float(), y)
-
-    def _prune_event(self, event: int) -> None:
+    def _prune_event(self, event: int, optimizer: torch.optim.Optimizer) -> None:
+        """Remove the lowest surviving scores, in place: survivors, scores, their momentum
+        and the masked weights."""
         keep = kept_after(event, self.events, self.n0, self.target)
-        values, alive = survivors(self.scores, self.alive)
+        scores, alive = list(self.net.scores), self.net.alive()
+        values, positions = survivors(scores, alive)
         if keep >= len(values):
             return
+        gone = remove_lowest(values, positions, len(values) - keep)
         with torch.no_grad():
-            for s, a, gone in zip(
-                self.scores,
-                self.alive,
-                remove_lowest(values, alive, len(values) - keep),
-                strict=True,
-            ):
-                a.view(-1)[gone] = False
-                s.view(-1)[gone] = 0
-                buffer = self.optimizer.state.get(s, {}).get("momentum_buffer")
+            for s, a, g in zip(scores, alive, gone, strict=True):
+                a.view(-1)[g] = False
+                s.view(-1)[g] = 0
+                buffer = optimizer.state.get(s, {}).get("momentum_buffer")
                 if buffer is not None:
-                    buffer.view(-1)[gone] = 0
+                    buffer.view(-1)[g] = 0
+        self.net.refresh()
 
     def run(self) -> Mask:
-        self._resume()
-        hparams, ctx = self.hparams, self.ctx
-        data = ctx.train_data
-        order_seed = derive_seed("gem_miner_order", ctx.seed)
-        augment_seed = derive_seed("gem_miner_augment", ctx.seed)
-        generator = torch.Generator(self.device) if data.augmentation else None
-        order, order_epoch = None, -1
-        bs = ctx.batch_size
-        self._update_masked()
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        last = self.event_steps[-1]
-        bar = tqdm(
-            total=last,
-            initial=self.step,
-            disable=ctx.quiet or not sys.stderr.isatty(),
-            unit="it",
-            desc="gem_miner",
-            dynamic_ncols=True,
-        )
-        with signals_to_flag() as stop, bar:
-            while self.step < last:
-                if stop.signum is not None:  # preempted, or Slurm's time limit: save, stop
-                    self._save()
-                    raise Interrupted(stop.signum, self.step, "gem_miner step")
-                it = self.step
-                epoch = it // self.ipe
-                if epoch != order_epoch:
-                    order, order_epoch = data.order(order_seed, epoch), epoch
-                index = order[(it % self.ipe) * bs : (it % self.ipe + 1) * bs]
-                if generator is not None:
-                    generator.manual_seed(derive_seed("augment", augment_seed, it))
-                x, y = data.batch(index, generator)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = cosine_lr(hparams.gem_miner_lr, it, self.steps)
-                loss = self.loss(x, y)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                with torch.no_grad():
-                    # Removed scores stay 0: no gradient (their weight is masked), no
-                    # momentum (cleared when removed), and 2λ·0 = 0.
-                    torch._foreach_clamp_min_(self.scores, 0.0)
-                    torch._foreach_clamp_max_(self.scores, 1.0)
-                    loss_sum += loss.detach()
-                self.step = it + 1
-                bar.update(1)
-                if self.step in self.event_steps:
-                    if not torch.isfinite(loss_sum):
-                        raise TrainingDiverged(
-                            f"gem_miner: the loss became NaN or infinite by step {self.step}; "
-                            "lower --gem_miner_lr"
-                        )
-                    self._prune_event(self.event_steps.index(self.step) + 1)
-                    self._update_masked()
-                    self._save()
-                    loss_sum.zero_()
-
-        mask = {n: m.clone() for n, m in ctx.mask.items()}
-        for n, a in zip(self.names, self.alive, strict=True):
-            mask[n] = a.to(ctx.mask[n].device).clone()
+        if tag_of(self.path) not in (None, self.config):
+            # Another search's (the code or the context changed): start afresh.
+            self.path.unlink()
+            paths.previous_of(self.path).unlink(missing_ok=True)
+        loop = Loop([self.net], self.stage())
+        try:
+            with distributed.alone():  # every rank searches in full, as one process
+                loop.run()
+        except Interrupted as stop:
+            raise Interrupted(stop.signum, stop.iteration, "gem_miner step") from None
+        except TrainingDiverged:
+            raise TrainingDiverged(
+                f"gem_miner: the loss became NaN or infinite by step {loop.state.iteration}; "
+                "lower --gem_miner_lr"
+            ) from None
+        mask = {n: m.clone() for n, m in self.ctx.mask.items()}
+        for n, a in zip(self.names, self.net.alive(), strict=True):
+            mask[n] = a.to(self.ctx.mask[n].device).clone()
         kept = sum(int(mask[n].sum()) for n in self.names)
         if kept != self.target:  # the schedule's last event lands on the target
             raise AssertionError(f"gem_miner kept {kept}, expected {self.target}")
-        self.path.unlink(missing_ok=True)
         return mask
+
+
+def _non_affine(start_model: Model) -> Model:
+    """A copy (the lottery trains the start model) whose BatchNorm layers have no affine
+    parameters (γ = 1, β = 0), as the released code's NonAffineBatchNorm, normalizing
+    with the batch statistics; every parameter frozen."""
+    model = copy.deepcopy(start_model).train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.weight, module.bias, module.affine = None, None, False
+    return model.requires_grad_(False)

@@ -19,6 +19,7 @@ from open_lth.foundations.model import build_model
 from open_lth.lottery.levels import level_dir
 from open_lth.lottery.strategy import PruneContext
 from open_lth.pruning.gem_miner import GemMinerHparams, GemMinerStrategy
+from open_lth.training import checkpoints
 from open_lth.training.data import DeviceData
 from open_lth.training.signals import Interrupted
 
@@ -72,23 +73,29 @@ def prune(ctx: PruneContext, ignore: list[str] = (), **changes: object) -> dict:
     return GemMinerStrategy(hparams(**changes)).prune(ctx, list(ignore))
 
 
-def saved_checkpoints(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
-    """Every checkpoint the search writes, as it was written (cloned)."""
+def after_events(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """The search's state after each prune event (cloned): the step, scores, survivors."""
     seen = []
-    real = gm.atomic_torch_save
+    real = gm._Search.at_iteration
 
-    def spy(path: Path, obj: dict) -> None:
-        seen.append(
-            {
-                "step": obj["step"],
-                "scores": {n: s.clone() for n, s in obj["scores"].items()},
-                "alive": {n: a.clone() for n, a in obj["alive"].items()},
-            }
-        )
-        real(path, obj)
+    def spy(self: gm._Search, loop: object, it: int) -> None:
+        real(self, loop, it)
+        if it in self.event_steps:
+            names, net = self.names, self.net
+            scores = {n: s.detach().clone() for n, s in zip(names, net.scores, strict=True)}
+            alive = {n: a.clone() for n, a in zip(names, net.alive(), strict=True)}
+            seen.append({"step": it, "scores": scores, "alive": alive})
 
-    monkeypatch.setattr(gm, "atomic_torch_save", spy)
+    monkeypatch.setattr(gm._Search, "at_iteration", spy)
     return seen
+
+
+def batches_drawn(monkeypatch: pytest.MonkeyPatch, train: DeviceData) -> list[int]:
+    """One entry per training batch the search draws from `train`."""
+    drawn = []
+    real = train.copies_batch
+    monkeypatch.setattr(train, "copies_batch", lambda *a: drawn.append(1) or real(*a))
+    return drawn
 
 
 # --- the straight-through estimator ---
@@ -116,8 +123,8 @@ def test_one_backward_reaches_every_surviving_score(tmp_path: Path):
     ctx = context(tmp_path, net, mask=mask)
     search = gm._Search(ctx, [], hparams())
     x, y = ctx.train_data.batch(torch.arange(30))
-    search.loss(x, y).backward()
-    for name, score in zip(search.names, search.scores, strict=True):
+    torch.nn.functional.cross_entropy(search.net(x), y).backward()
+    for name, score in zip(search.names, search.net.scores, strict=True):
         alive = mask[name]
         assert score.grad is not None, name
         # Most surviving weights feed the loss (not those of a unit the batch leaves
@@ -125,14 +132,14 @@ def test_one_backward_reaches_every_surviving_score(tmp_path: Path):
         assert (score.grad[alive] != 0).float().mean() > 0.5, name
         assert (score.grad[alive & (score.detach() <= 0.5)] != 0).any(), name
         assert (score.grad[~alive] == 0).all(), name
-    assert (search.scores[0].detach()[~mask["fc_layers.0.weight"]] == 0).all()
+    assert (search.net.scores[0].detach()[~mask["fc_layers.0.weight"]] == 0).all()
 
 
 # --- scores and the schedule ---
 
 
 def test_scores_stay_in_unit_interval_even_with_a_huge_lr(tmp_path: Path, monkeypatch):
-    seen = saved_checkpoints(monkeypatch)
+    seen = after_events(monkeypatch)
     prune(context(tmp_path), gem_miner_lr=1e6, gem_miner_prune_every="1it")
     assert [c["step"] for c in seen] == list(range(2, 7))  # an event after steps 2..6
     hit_low = hit_high = False
@@ -147,7 +154,7 @@ def test_scores_stay_in_unit_interval_even_with_a_huge_lr(tmp_path: Path, monkey
 
 
 def test_default_lr_scores_stay_in_unit_interval(tmp_path: Path, monkeypatch):
-    seen = saved_checkpoints(monkeypatch)
+    seen = after_events(monkeypatch)
     prune(context(tmp_path), target_density=0.5)
     final = seen[-1]["scores"]
     assert all(s.min() >= 0 and s.max() <= 1 for s in final.values())
@@ -174,7 +181,7 @@ def test_schedule_lands_exactly_on_the_target(
     total = sum(mask[n].numel() for n in scored)
     n0 = sum(int(mask[n].sum()) for n in scored)
     target = round(density * total)
-    seen = saved_checkpoints(monkeypatch)
+    seen = after_events(monkeypatch)
     # 10 steps, a period of 3: the released loop counts steps from 0 and prunes after
     # step index 3, 6 and 9, i.e. after 4, 7 and 10 steps.
     new = prune(
@@ -203,11 +210,9 @@ def test_schedule_lands_exactly_on_the_target(
 def test_the_search_stops_at_its_last_event(tmp_path: Path, monkeypatch):
     """After the released code's last event the scores train on, but the survivors of
     that event are the mask (unflag): the steps after it are not run."""
-    seen = saved_checkpoints(monkeypatch)
-    batches = []
+    seen = after_events(monkeypatch)
     train = data()
-    real_batch = train.batch
-    monkeypatch.setattr(train, "batch", lambda *a: batches.append(1) or real_batch(*a))
+    batches = batches_drawn(monkeypatch, train)
     new = prune(context(tmp_path, train=train), gem_miner_steps="6it", gem_miner_prune_every="4it")
     assert [c["step"] for c in seen] == [5] and len(batches) == 5
     assert sum(int(m.sum()) for m in new.values()) == round(0.2 * 40400)
@@ -331,24 +336,23 @@ def test_resumed_search_gives_the_uninterrupted_mask(tmp_path: Path, monkeypatch
     changes = {"gem_miner_steps": "2ep3it", "gem_miner_prune_every": "4it"}
     reference = prune(context(tmp_path / "a", train=train), **changes)
 
-    real = gm.atomic_torch_save
+    real = checkpoints.atomic_torch_save
     calls = []
 
     def crash_after_third(path: Path, obj: dict) -> None:
         real(path, obj)
-        calls.append(obj["step"])
+        calls.append(obj["iteration"])
         if len(calls) == 3:
             raise KeyboardInterrupt  # killed right after the checkpoint at step 13
 
-    monkeypatch.setattr(gm, "atomic_torch_save", crash_after_third)
+    monkeypatch.setattr(checkpoints, "atomic_torch_save", crash_after_third)
     with pytest.raises(KeyboardInterrupt):
         prune(context(tmp_path / "b", train=train), **changes)
+    assert calls == [5, 9, 13]
     assert (tmp_path / "b" / gm.CHECKPOINT).exists()
-    monkeypatch.setattr(gm, "atomic_torch_save", real)
+    monkeypatch.setattr(checkpoints, "atomic_torch_save", real)
 
-    batches = []
-    real_batch = train.batch
-    monkeypatch.setattr(train, "batch", lambda *a: batches.append(1) or real_batch(*a))
+    batches = batches_drawn(monkeypatch, train)
     resumed = prune(context(tmp_path / "b", train=train), **changes)
     assert len(batches) == 21 - 13  # it resumed, it did not start over
     assert resumed.keys() == reference.keys()
@@ -359,16 +363,16 @@ def test_resumed_search_gives_the_uninterrupted_mask(tmp_path: Path, monkeypatch
 
 def test_a_checkpoint_of_another_search_is_not_resumed(tmp_path: Path, monkeypatch):
     fresh = prune(context(tmp_path / "a"))
-    real = gm.atomic_torch_save
+    real = checkpoints.atomic_torch_save
 
     def crash(path: Path, obj: dict) -> None:
         real(path, obj)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(gm, "atomic_torch_save", crash)
-    with pytest.raises(KeyboardInterrupt):  # another lr's checkpoint after 2 steps
+    monkeypatch.setattr(checkpoints, "atomic_torch_save", crash)
+    with pytest.raises(KeyboardInterrupt):  # another lr's checkpoint after 3 steps
         prune(context(tmp_path / "b"), gem_miner_lr=5.0)
-    monkeypatch.setattr(gm, "atomic_torch_save", real)
+    monkeypatch.setattr(checkpoints, "atomic_torch_save", real)
     assert (tmp_path / "b" / gm.CHECKPOINT).exists()
     again = prune(context(tmp_path / "b"))
     assert all(torch.equal(fresh[n], again[n]) for n in fresh)
@@ -481,20 +485,91 @@ def test_a_signal_checkpoints_the_search_and_it_resumes(tmp_path: Path, monkeypa
     train = data(augment=True)
     changes = {"gem_miner_steps": "2ep3it", "gem_miner_prune_every": "4it"}
     reference = prune(context(tmp_path / "a", train=train), **changes)
-    real_loss, calls = gm._Search.loss, []
+    real_forward, calls = gm.ScoredNetwork.forward, []
 
-    def signalled(self, x, y):
+    def signalled(self, x):
         calls.append(1)
         if len(calls) == 11:  # between the events after steps 9 and 13
             signal.raise_signal(signal.SIGUSR2)  # to this thread, at once
-        return real_loss(self, x, y)
+        return real_forward(self, x)
 
-    monkeypatch.setattr(gm._Search, "loss", signalled)
+    monkeypatch.setattr(gm.ScoredNetwork, "forward", signalled)
     with pytest.raises(Interrupted, match="interrupted at gem_miner step 11"):
         prune(context(tmp_path / "b", train=train), **changes)
-    assert torch.load(tmp_path / "b" / gm.CHECKPOINT, weights_only=True)["step"] == 11
+    assert torch.load(tmp_path / "b" / gm.CHECKPOINT, weights_only=True)["iteration"] == 11
     calls.clear()
     resumed = prune(context(tmp_path / "b", train=train), **changes)
     assert len(calls) == 21 - 11  # it resumed from step 11, not from the event at 9
     for name in reference:
         assert torch.equal(resumed[name], reference[name]), name
+
+
+# --- the search through the training loop's step ---
+
+
+@pytest.mark.parametrize("augment", [False, True], ids=["batch-in-step", "augmented"])
+def test_the_graph_path_equals_the_eager_search_to_the_bit(
+    tmp_path: Path, monkeypatch, augment: bool
+):
+    """On a CPU the graph path's step (StaticStep without capture: static buffers, the
+    learning rate in a device tensor, an unaugmented batch drawn inside the step) ends
+    every prune event with the eager search's scores and survivors, to the bit: a
+    replay reads the masks that the events update in place."""
+    from open_lth.training import loop as loop_module
+    from open_lth.training.train_step import StaticStep
+
+    train = data(augment=augment)
+    changes = {"gem_miner_steps": "12it", "gem_miner_prune_every": "3it"}
+    seen = after_events(monkeypatch)
+    eager = prune(context(tmp_path / "a", train=train), **changes)
+    eager_states = list(seen)
+    seen.clear()
+    steps = []
+
+    def static_step(parts, mode, device, name):
+        steps.append(StaticStep(parts, capture=False))
+        return steps[-1]
+
+    monkeypatch.setattr(loop_module, "make_step", static_step)
+    static = prune(context(tmp_path / "b", train=train), **changes)
+    assert len(steps) == 1 and [s["step"] for s in seen] == [4, 7, 10]
+    for a, b in zip(eager_states, seen, strict=True):
+        for name in a["scores"]:
+            assert torch.equal(a["scores"][name], b["scores"][name]), (a["step"], name)
+            assert torch.equal(a["alive"][name], b["alive"][name]), (a["step"], name)
+    assert all(torch.equal(eager[n], static[n]) for n in eager)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_search_replays_a_cuda_graph(tmp_path: Path, monkeypatch):
+    """On CUDA the search's step is captured once and replayed (no fallback to eager),
+    and a replay sees every prune event: a removed score stays 0 at every later event
+    (a graph reading a stale copy of the masks would train it again); the mask lands
+    on the target and agrees with the eager search's."""
+    from open_lth.training import loop as loop_module
+    from open_lth.training.train_step import FallbackStep
+
+    gpu = torch.device("cuda")
+    images, labels = cifar_like(64).images.to(gpu), cifar_like(64).labels.to(gpu)
+    train = DeviceData(images, labels, (0.5,) * 3, (0.25,) * 3, "crop_flip", 4, gpu)
+    made, real_make = [], loop_module.make_step
+    monkeypatch.setattr(loop_module, "make_step", lambda *a: made.append(real_make(*a)) or made[-1])
+    changes = {"target_density": 0.3, "gem_miner_steps": "12it", "gem_miner_prune_every": "2it"}
+    results = {}
+    for graphs in ("auto", "off"):
+        seen = after_events(monkeypatch)
+        net = model("cifar_resnet_8_4").to(gpu)
+        ctx = context(tmp_path / graphs, net, train=train, batch_size=16)
+        ctx.cuda_graphs = graphs
+        results[graphs] = prune(ctx, **changes)
+        if graphs == "auto":
+            assert isinstance(made[-1], FallbackStep) and made[-1].eager is None
+            assert made[-1].step.graph is not None
+            for state in seen:
+                for name, score in state["scores"].items():
+                    assert (score[~state["alive"][name]] == 0).all(), (state["step"], name)
+    graphed, eager = results["auto"], results["off"]
+    total = sum(m.numel() for m in graphed.values())
+    assert sum(int(m.sum()) for m in graphed.values()) == round(0.3 * total)
+    agree = sum(int((graphed[n] == eager[n]).sum()) for n in graphed)
+    assert agree >= 0.98 * total

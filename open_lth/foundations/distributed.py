@@ -18,8 +18,10 @@ Outside torchrun every function here is a no-op, so one process runs as before.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -29,13 +31,32 @@ def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+_ALONE = [False]
+
+
 def active() -> bool:
-    """Under torchrun, with any number of processes (one too: the DDP path on one GPU)."""
+    """Under torchrun, with any number of processes (one too: the DDP path on one GPU),
+    outside `alone()`."""
+    return not _ALONE[0] and _joined()
+
+
+def _joined() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Work that every rank does in full by itself, the same on each (Gem-Miner's
+    search): inside, no collective, no DDP, no shard; still only rank 0 writes."""
+    before, _ALONE[0] = _ALONE[0], True
+    try:
+        yield
+    finally:
+        _ALONE[0] = before
+
+
 def rank() -> int:
-    return dist.get_rank() if active() else 0
+    return dist.get_rank() if _joined() else 0
 
 
 def world_size() -> int:

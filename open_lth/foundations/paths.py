@@ -76,7 +76,15 @@ def checkpoint(directory: Path) -> Path:
 
 def previous_checkpoint(directory: Path) -> Path:
     """A pack keeps each run's checkpoint before the last one (see open_lth.lottery.pack)."""
-    return Path(directory) / "checkpoint_previous.pt"
+    return previous_of(checkpoint(directory))
+
+
+def previous_of(checkpoint_file: Path) -> Path:
+    """The checkpoint kept before `checkpoint_file` (open_lth.training.checkpoints):
+    checkpoint.pt -> checkpoint_previous.pt, gem_miner_checkpoint.pt ->
+    gem_miner_checkpoint_previous.pt."""
+    path = Path(checkpoint_file)
+    return path.with_name(f"{path.stem}_previous{path.suffix}")
 
 
 def metrics(directory: Path) -> Path:

@@ -73,6 +73,7 @@ class Levels:
     replicate_dir: Path
     data: Data
     quiet: bool = False
+    cuda_graphs: str = "auto"
 
     @property
     def end(self) -> int:
@@ -145,6 +146,7 @@ class Levels:
                 batch_size=self.data.batch_size,
                 workdir=path.parent,
                 quiet=self.quiet,
+                cuda_graphs=self.cuda_graphs,
             )
             strategy = self.strategy()
             mask = strategy.prune(ctx, self.ignored)

@@ -125,8 +125,10 @@ class PackRunner(Runner):
         first = members[0]
         data = stage.load_data(first.desc.dataset, first.job)
         stage.check_training_steps(first.desc.training, data)
-        quiet = first.job.options.quiet
-        levels = [Levels(m.desc, m.job.replicate, m.output_location, data, quiet) for m in members]
+        quiet, graphs = first.job.options.quiet, first.job.options.cuda_graphs
+        levels = [
+            Levels(m.desc, m.job.replicate, m.output_location, data, quiet, graphs) for m in members
+        ]
         for lv in levels:
             lv.check(lv.new_model())
         in_turn = trains_in_turn(first.desc.model.model_name, data.train.device)

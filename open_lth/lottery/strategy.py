@@ -27,6 +27,7 @@ class PruneContext:
     batch_size: int  # the run's training batch size
     workdir: Path  # the level's directory: a strategy may keep a checkpoint here
     quiet: bool = False  # no progress bar
+    cuda_graphs: str = "auto"  # --cuda_graphs, for a strategy that trains (Gem-Miner)
 
 
 class Strategy(abc.ABC):

@@ -32,12 +32,14 @@ from open_lth.training.stacked import (
 
 
 class Checkpoints:
-    def __init__(self, shared: Path | None, outs: list[Path]) -> None:
-        """`shared`: the one file of copies that are one job; None: one per copy."""
+    def __init__(self, shared: Path | None, outs: list[Path], tag: dict | None = None) -> None:
+        """`shared`: the one file of copies that are one job; None: one per copy. `tag`,
+        when given, is written into every file (what made it: see `tag_of`)."""
         self.outs = outs
+        self.tag = tag
         self.per_copy = shared is None and len(outs) > 1
         self.paths = [paths.checkpoint(o) for o in outs] if shared is None else [shared]
-        self.previous = [paths.previous_checkpoint(p.parent) for p in self.paths]
+        self.previous = [paths.previous_of(p) for p in self.paths]
         # Files read from the checkpoint before them: their next save keeps that one,
         # not the unreadable file.
         self.fell_back: set[int] = set()
@@ -92,7 +94,7 @@ class Checkpoints:
         if i not in self.fell_back:
             keep_previous(self.paths[i], self.previous[i])
         self.fell_back.discard(i)
-        atomic_torch_save(self.paths[i], ckpt)
+        atomic_torch_save(self.paths[i], ckpt if self.tag is None else {**ckpt, "tag": self.tag})
 
     def remove(self, live: list[int]) -> None:
         """At the end of training: the live copies' checkpoints (a diverged run keeps its
@@ -102,6 +104,13 @@ class Checkpoints:
             self.previous[j].unlink(missing_ok=True)
 
 
+def tag_of(path: Path) -> dict | None:
+    """The tag the checkpoint at `path` was written with (None: none, or no file)."""
+    if not path.exists():
+        return None
+    return read(path)[0].get("tag")
+
+
 def read(path: Path, device: torch.device | str = "cpu") -> tuple[dict, bool]:
     """The checkpoint at `path`, or, when it is truncated or corrupt, the one kept before
     it (with a note); True when it is that one. Neither readable: one error line that
@@ -109,7 +118,7 @@ def read(path: Path, device: torch.device | str = "cpu") -> tuple[dict, bool]:
     try:
         return torch_load(path, device), False
     except Unreadable as error:
-        previous = paths.previous_checkpoint(path.parent)
+        previous = paths.previous_of(path)
         if path == previous or not previous.exists():
             raise UserError(
                 f"cannot read {path}: {error.reason}; delete {path} to start this run over"

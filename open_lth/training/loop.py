@@ -57,14 +57,15 @@ class Loop:
         ipe = stage.iterations_per_epoch
         self.eval_every = _every(stage.options.eval_every, ipe, "--eval_every")
         self.checkpoint_every = _every(stage.options.checkpoint_every, ipe, "--checkpoint_every")
-        self.lr_at = lr_schedule(stage.hparams, ipe)
-        self.checkpoints = Checkpoints(stage.checkpoint, [c.out for c in stage.copies])
+        self.lr_at = stage.schedule or lr_schedule(stage.hparams, ipe)
+        outs = [c.out for c in stage.copies]
+        self.checkpoints = Checkpoints(stage.checkpoint, outs, stage.checkpoint_tag)
         self.resumed_at: int | None = None
 
     def run(self) -> dict[int, str]:
         copies = self.stage.copies
         if not self.checkpoints.exist() and all(
-            paths.weights(c.out, self.end).exists() for c in copies
+            c.out is not None and paths.weights(c.out, self.end).exists() for c in copies
         ):
             return {}  # finished; killed before the caller wrote its summary
         self.build()
@@ -108,13 +109,16 @@ class Loop:
         if uses_channels_last(net, self.device):
             net = net.to(memory_format=torch.channels_last)
         self.net = net
-        self.optimizer = build_optimizer(hparams, list(net.parameters()))
+        # Frozen parameters (Gem-Miner's weights, under its trained scores) stay out.
+        trained = [p for p in net.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(hparams, trained)
         apply_mask(net, self.mask)
         forward_net = distributed.wrap(net, self.device)  # DDP under torchrun
         self.step_net = torch.compile(forward_net) if hparams.compile else forward_net
         self.loggers = [
             MetricLogger(paths.metrics(c.out), functools.partial(_trackers, c.out, stage.options))
             for c in stage.copies
+            if stage.test is not None
         ]
 
     def start(self) -> None:
@@ -126,7 +130,7 @@ class Loop:
         start = self.stage.start_iteration
         self.state.iteration = start
         self.save_weights(start)
-        for logger, c in zip(self.loggers, self.stage.copies, strict=True):
+        for logger, c in zip(self.loggers, self.stage.copies[: len(self.loggers)], strict=True):
             logger.keep_until(start - 1)
             for name, value in (c.start_metrics or {}).items():
                 logger.log(start, name, value)
@@ -159,6 +163,7 @@ class Loop:
         self.parts = StepParts(
             self.net, self.step_net, self.optimizer, _mask_pairs(self.net, self.mask), self.k,
             hparams.bf16, state.loss_sum, state.correct, scaler=state.scaler,
+            after_step=self.stage.after_step,
         )  # fmt: skip
         # DDP's gradient all-reduce does not go into a CUDA graph: its steps run eagerly.
         graphs = "off" if distributed.active() else self.stage.options.cuda_graphs
@@ -186,12 +191,14 @@ class Loop:
                 # A checkpoint at `it` is written after the evaluation at `it`, so a
                 # resumed run has that evaluation already.
                 due = it == self.end or it % self.eval_every == 0 or it == stage.start_iteration
-                if due and it != self.resumed_at:
+                if due and it != self.resumed_at and stage.test is not None:
                     self.evaluate(it, progress)
                 if not self.live():
                     break  # every run of the pack diverged
                 if it in stage.save_iterations and it != stage.start_iteration:
                     self.save_weights(it)
+                if stage.at_iteration is not None and it != self.resumed_at:
+                    stage.at_iteration(self, it)
                 if it == self.end:
                     break
                 self.checkpoint_or_stop(it, stop)
@@ -212,7 +219,7 @@ class Loop:
     def checkpoint_or_stop(self, it: int, stop: StopFlag) -> None:
         """A checkpoint every --checkpoint_every, and on a signal before `Interrupted`."""
         signum = distributed.agree_on_stop(stop.signum, self.device, it)  # ranks stop together
-        if signum is None and (it % self.checkpoint_every != 0 or it == self.resumed_at):
+        if signum is None and (not self.checkpoint_due(it) or it == self.resumed_at):
             return
         self.state.wall += time.perf_counter() - self.tick
         self.tick = time.perf_counter()
@@ -252,14 +259,23 @@ class Loop:
 
     # --- what the parts share ---
 
+    def checkpoint_due(self, it: int) -> bool:
+        if self.stage.checkpoint_iterations is not None:
+            return it in self.stage.checkpoint_iterations
+        return it % self.checkpoint_every == 0
+
     def live(self) -> list[int]:
         return [j for j in range(self.k) if j not in self.state.diverged]
 
     def save_weights(self, iteration: int) -> None:
+        if all(c.out is None for c in self.stage.copies):
+            return
         state = self.base_net.state_dict()
         states = [state] if self.k == 1 else unstack_state(state, self.base_net)
         for j in self.live():
-            atomic_torch_save(paths.weights(self.stage.copies[j].out, iteration), states[j])
+            out = self.stage.copies[j].out
+            if out is not None:
+                atomic_torch_save(paths.weights(out, iteration), states[j])
 
     def save_checkpoint(self) -> None:
         state = self.state

@@ -59,6 +59,9 @@ class StepParts:
     source: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
     # A Lanes network's CUDA streams, one a lane (made at its first step).
     streams: list = field(default_factory=list)
+    # In-place work after the optimizer step, inside the step (so in its CUDA graph):
+    # Gem-Miner clamps its scores to [0, 1].
+    after_step: Callable[[], None] | None = None
 
 
 Batch = torch.Tensor | None
@@ -130,6 +133,8 @@ def _body(parts: StepParts, x: Batch, y: Batch, cache: bool = True) -> None:
         # optimizer's state; the scale halves (and grows after 2,000 finite steps).
         parts.scaler.step(parts.optimizer)
         parts.scaler.update()
+    if parts.after_step is not None:
+        parts.after_step()
     parts.loss_sum += losses.double()
     parts.correct += (output.argmax(-1) == y).sum(0)
 

@@ -5,6 +5,7 @@ copies; both go through the one loop (open_lth.training.loop)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,7 @@ class Copy:
     """Where one copy writes, the seeds of its SGD noise, and (in a pack of independent
     runs) its own mask and the metrics logged with its first evaluation."""
 
-    out: Path
+    out: Path | None
     seeds: Seeds
     mask: Mask | None = None
     start_metrics: dict[str, float] | None = None
@@ -61,11 +62,18 @@ class Stage:
     pair: a diverging copy stops them all); None: each copy checkpoints into its own
     folder exactly as it would alone (a lone run, or a pack of independent runs, where
     a copy whose loss turns NaN stops alone). `save_iterations` are extra weights to
-    keep; `mask` applies to copies without their own."""
+    keep; `mask` applies to copies without their own.
+
+    A stage that is not a run (Gem-Miner's score search) has no `test` data (no
+    evaluation, no metrics) and copies without an `out` (no weights); it may set its
+    own learning rate (`schedule`), work inside the step (`after_step`) and between
+    steps (`at_iteration(loop, it)`, not again at the iteration it resumes at), and
+    checkpoint at given iterations only (`checkpoint_iterations`), tagged with what
+    made it (`checkpoint_tag`)."""
 
     hparams: TrainingHparams
     train: DeviceData
-    test: DeviceData
+    test: DeviceData | None
     batch_size: int
     copies: list[Copy]
     options: TrainOptions
@@ -73,6 +81,11 @@ class Stage:
     mask: Mask | None = None
     start_iteration: int = 0
     save_iterations: tuple[int, ...] = ()
+    schedule: Callable[[int], float] | None = None
+    after_step: Callable[[], None] | None = None
+    at_iteration: Callable[[Loop, int], None] | None = None
+    checkpoint_iterations: tuple[int, ...] | None = None
+    checkpoint_tag: dict | None = None
     iterations_per_epoch: int = dataclasses.field(init=False)
     end: int = dataclasses.field(init=False)
 

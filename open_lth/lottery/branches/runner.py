@@ -115,9 +115,11 @@ class BranchRunner(Runner):
             )
         check_format(self.desc, self.replicate_dir)
         data = stage.load_data(self.desc.dataset, self.job)
+        options = self.job.options
         levels = Levels(
-            self.desc, self.job.replicate, self.replicate_dir, data, self.job.options.quiet
-        )
+            self.desc, self.job.replicate, self.replicate_dir, data, options.quiet,
+            options.cuda_graphs,
+        )  # fmt: skip
         contexts = [BranchContext(levels, L, self.branch_dir(L), self.job) for L in self.levels]
         for ctx in contexts:
             self.branch.check(ctx)
