@@ -97,6 +97,7 @@ def test_every_module_imports_alone() -> None:
     a process where nothing of the project is loaded yet (torch stays loaded)."""
     names = [module_name(p) for p in core_modules()]
     names += [module_name(p) for plugin in PLUGINS for p in sorted((REPO / plugin).rglob("*.py"))]
+    names += [module_name(p) for p in sorted((REPO / "experiments").rglob("*.py"))]
     script = (
         "import importlib, sys, torch\n"
         f"project = {PROJECT!r}\n"
@@ -138,7 +139,10 @@ def test_one_module_owns_the_on_disk_layout() -> None:
     spelled in open_lth/foundations/paths.py only: the core that writes them and the
     tools that read them (experiments' loading, status, sweeps) ask it."""
     owner = REPO / "open_lth" / "foundations" / "paths.py"
-    readers = [REPO / "experiments" / n for n in ("load.py", "sweep.py", "folder_status.py")]
+    experiments = REPO / "experiments"
+    readers = [
+        experiments / n for n in ("analysis/load.py", "jobs/sweep.py", "jobs/folder_status.py")
+    ]
     spelled = []
     for path in [*core_modules(), *readers]:
         if path == owner:
