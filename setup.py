@@ -51,7 +51,7 @@ setup(
         ],
         # The conventional PIL + DataLoader baseline of benchmarks/train_speed.py.
         "bench": ["pillow>=9"],
-        # Sweeps on a Slurm cluster: experiments/slurm.py.
+        # Sweeps on a Slurm cluster: experiments/jobs/slurm.py.
         "slurm": ["submitit>=1.5"],
         # JPEGs decoded on the GPU in batches (open_lth/training/decoders.py).
         "torchvision": ["torchvision>=0.19"],

@@ -6,7 +6,7 @@ it writes (--images JPEGs of 500x375 or 375x500, quality 90): ResNet-50 at batch
       (torchvision's transforms where installed, else the same with Pillow and torch)
       -> DataLoader with a worker per core;
   (b) this pipeline (open_lth/training/streaming.py) from the JPEG files;
-  (c) this pipeline from shards packed by experiments/prepare_data.py;
+  (c) this pipeline from shards packed by experiments/jobs/prepare_data.py;
   (d) random tensors already on the device: the ceiling;
 
 in images per second, and the pipeline's decode-and-augment throughput alone.
@@ -33,8 +33,8 @@ import torch
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
-from open_lth.experiments import prepare_data  # noqa: E402
-from open_lth.experiments.synthetic_imagenet import write_sized  # noqa: E402
+from open_lth.experiments.jobs import prepare_data  # noqa: E402
+from open_lth.experiments.jobs.synthetic_imagenet import write_sized  # noqa: E402
 from open_lth.foundations.hparams import DatasetHparams, ModelHparams  # noqa: E402
 from open_lth.foundations.images import decode, train_crop  # noqa: E402
 from open_lth.foundations.model import build_model  # noqa: E402

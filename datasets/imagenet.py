@@ -1,6 +1,6 @@
 """ImageNet as open_lth reads it: `train/<wnid>/*.JPEG` and `val/<wnid>/*.JPEG` (the
 validation images sorted into class folders), classes in sorted order, or the shards
-that experiments/prepare_data.py packs it into. It streams: see
+that experiments/jobs/prepare_data.py packs it into. It streams: see
 open_lth/training/streaming.py."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def find_folder(root: Path) -> Path:
             return base
     raise UserError(
         f"ImageNet not found: expected {LAYOUT} in {root} or {root / 'imagenet'}, or a folder "
-        "prepared by experiments/prepare_data.py"
+        "prepared by experiments/jobs/prepare_data.py"
     )
 
 
@@ -94,7 +94,7 @@ class ImageNet(StreamedDataset):
 
     @classmethod
     def splits(cls, root: Path) -> tuple[list[str], dict[str, Source]]:
-        """The classes and both splits' files, for experiments/prepare_data.py."""
+        """The classes and both splits' files, for experiments/jobs/prepare_data.py."""
         folder = find_folder(Path(root))
         classes = class_folders(folder / "train")
         same_classes(classes, class_folders(folder / "val"), folder)

@@ -1,20 +1,22 @@
-"""The study's experiments: two rooms, one that runs jobs and one that analyses what they
-wrote (both read the on-disk layout through open_lth.foundations.paths).
+"""The study's experiments, in two rooms and the studies that use them (all three read the
+on-disk layout through open_lth.foundations.paths):
 
-Running jobs:
-sweep.py       runs of main.py in phases: --dry_run, --print_commands, --jobs=N
-slurm.py       the same phases as Slurm jobs; packs.py groups runs into packs
-status.py, folder_status.py   `main.py status`: what a sweep or a results root holds
+jobs/          running jobs: sweeps of main.py runs (locally, on Slurm, in packs), what a
+               sweep or a results root holds (`main.py status`), the data they read
+               (prepare_data.py, synthetic_imagenet.py)
+analysis/      reading what the jobs wrote: results roots -> pandas, figures, tables and
+               `main.py report`
+
+The studies, scripts a user runs by path (`python experiments/<study>.py`), stay here at
+the top: each is a list of runs handed to jobs/sweep.py, so they import jobs/ and nothing
+imports them but other studies.
 lenet_fisher_vs_magnitude.py, resnet_fisher_vs_magnitude.py, instability.py,
-pruning_at_init.py   the studies
+pruning_at_init.py, imagenet_lottery.py
+results.ipynb  a notebook that shows a results root's figures and tables (analysis/)
+colab.ipynb    the quick study on a Colab GPU, then its figures
 
-Analysis:
-load.py        results roots -> pandas DataFrames (runs, metrics, sparsity, curves, barriers)
-plots.py, plots_at_init.py   the study's figures (matplotlib Figures) and tables
-report.py      `main.py report --root=... --out=...` (report_writer.py draws and writes)
-results.ipynb  a notebook that shows a results root's figures and tables
-
-The tests' hand-written results root is tests/synthetic.py.
+The tests' hand-written results root is tests/synthetic.py; tests/test_layout.py holds the
+arrows between the rooms.
 """
 
 if __name__ == "experiments":  # by its plain name: see open_lth/foundations/plain_names.py

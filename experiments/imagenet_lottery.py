@@ -9,7 +9,7 @@ the rewinding point of Frankle et al.'s linear mode connectivity on ImageNet).
 
 With --slurm_nodes=N --slurm_gpus_per_node=G each run is one DDP run over N x G GPUs
 (the global batch stays --batch_size). --quick is a smoke test on a CPU: ResNet-18 of
-width 8 on experiments/synthetic_imagenet.py's folder, 4 iterations a level, 2 levels.
+width 8 on experiments/jobs/synthetic_imagenet.py's folder, 4 iterations a level, 2 levels.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
-from open_lth.experiments import sweep  # noqa: E402
+from open_lth.experiments.jobs import sweep  # noqa: E402
 
 FULL = {
     "model": "imagenet_resnet_50",

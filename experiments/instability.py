@@ -38,7 +38,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from open_lth.experiments import lenet_fisher_vs_magnitude as lenet  # noqa: E402
 from open_lth.experiments import resnet_fisher_vs_magnitude as resnet  # noqa: E402
-from open_lth.experiments import sweep  # noqa: E402
+from open_lth.experiments.jobs import sweep  # noqa: E402
 
 FULL = {
     "lenet": {"levels": "0,8,15", "ks": [25, 100, 500, 2000]},

@@ -37,7 +37,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from open_lth.experiments import lenet_fisher_vs_magnitude as lenet  # noqa: E402
 from open_lth.experiments import resnet_fisher_vs_magnitude as resnet  # noqa: E402
-from open_lth.experiments import sweep  # noqa: E402
+from open_lth.experiments.jobs import sweep  # noqa: E402
 
 AT_INIT = ("magnitude_at_init", "snip", "grasp", "synflow", "gem_miner")
 METHODS = ("imp_reset", "imp_rewind", "fisher", "random", *AT_INIT)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
-from open_lth.experiments import sweep  # noqa: E402
+from open_lth.experiments.jobs import sweep  # noqa: E402
 
 STRATEGIES = ("magnitude", "fisher")
 FULL = {

@@ -1,7 +1,7 @@
 """The Python side: open a results root or one run, and rebuild a level's network.
 
     from open_lth import api
-    api.runs("runs")                       # pandas, one row a stage (experiments.load.runs)
+    api.runs("runs")                       # pandas, one row a stage (analysis.load.runs)
     run = api.open_run("runs/lottery_<hash>/replicate_2")
     stage = run.level(8)                   # a lottery level; run.branch(8, "<branch folder>")
     stage.hparams, stage.metrics(), stage.mask(), stage.steps()
@@ -107,7 +107,7 @@ class Stage:
 
     def metrics(self) -> pd.DataFrame:
         """metrics.csv in long format (iteration, name, value), complete rows only."""
-        from open_lth.experiments.load import read_metrics
+        from open_lth.experiments.analysis.load import read_metrics
 
         return read_metrics(paths.metrics(self.path))
 
@@ -218,8 +218,8 @@ def open_run(path: str | Path) -> Run | Stage:
 
 
 def runs(root: str | Path) -> pd.DataFrame:
-    """Every stage under a results root, one row each (experiments.load.runs)."""
-    from open_lth.experiments import load
+    """Every stage under a results root, one row each (experiments.analysis.load.runs)."""
+    from open_lth.experiments.analysis import load
 
     return load.runs(root)
 

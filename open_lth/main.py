@@ -19,8 +19,8 @@ def load_plugins() -> None:
     """Import every module that fills a registry (idempotent). An empty registry after
     that is a broken install, never a silently empty choice."""
     import open_lth.datasets  # noqa: F401
-    import open_lth.experiments.report  # noqa: F401  (subcommand: report)
-    import open_lth.experiments.status  # noqa: F401  (subcommand: status)
+    import open_lth.experiments.analysis.report  # noqa: F401  (subcommand: report)
+    import open_lth.experiments.jobs.status  # noqa: F401  (subcommand: status)
     import open_lth.models  # noqa: F401
     import open_lth.platforms  # noqa: F401
     import open_lth.pruning  # noqa: F401

@@ -1,5 +1,5 @@
 """Small image folders written with Pillow: an ImageNet-style ImageFolder with real
-ImageNet's quirks (experiments/synthetic_imagenet.py) and the official Tiny ImageNet
+ImageNet's quirks (experiments/jobs/synthetic_imagenet.py) and the official Tiny ImageNet
 layout."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from open_lth.experiments.synthetic_imagenet import picture, wnids, write_imagefolder
+from open_lth.experiments.jobs.synthetic_imagenet import picture, wnids, write_imagefolder
 
 WNIDS = wnids(3)
 __all__ = ["WNIDS", "picture", "write_imagefolder", "truncate", "write_tinyimagenet"]

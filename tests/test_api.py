@@ -48,7 +48,7 @@ def test_a_level_rebuilt_evaluates_to_its_logged_accuracy(replicate) -> None:
     result = api.evaluate(net, stage, DATA)
     assert abs(result["test_accuracy"] - final_accuracy(stage)) < 1e-4
     assert result["test_accuracy"] > 0.85
-    # The start weights are another network; the API's rows match experiments.load's.
+    # The start weights are another network; the API's rows match experiments.analysis.load's.
     start = dict(stage.network("start").named_parameters())
     assert not any(torch.equal(start[n], params[n]) for n in mask)
     assert len(api.runs(replicate.parent.parent)) == 3

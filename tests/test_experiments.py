@@ -16,7 +16,8 @@ import synthetic
 import torch
 
 from conftest import DATA, REPO
-from open_lth.experiments import load, plots, sweep
+from open_lth.experiments.analysis import load, plots
+from open_lth.experiments.jobs import sweep
 from open_lth.foundations.errors import UserError
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -12,7 +12,7 @@ import torch
 
 from conftest import CIFAR, lenet_lottery
 from open_lth.cli import Parser
-from open_lth.experiments import load
+from open_lth.experiments.analysis import load
 from open_lth.foundations import formats, paths, registries
 from open_lth.foundations.hparams import ModelHparams
 from open_lth.foundations.model import build_model

@@ -18,7 +18,7 @@ from image_folders import WNIDS, truncate, write_imagefolder, write_tinyimagenet
 
 from open_lth.datasets import tinyimagenet
 from open_lth.datasets.imagenet import ImageNet
-from open_lth.experiments import prepare_data
+from open_lth.experiments.jobs import prepare_data
 from open_lth.foundations import distributed, paths, shards
 from open_lth.foundations.hparams import DatasetHparams
 from open_lth.training import data

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from image_folders import write_imagefolder
 
-from open_lth.experiments import sweep
+from open_lth.experiments.jobs import sweep
 
 STUDY = Path(__file__).resolve().parents[1] / "experiments" / "imagenet_lottery.py"
 

@@ -97,6 +97,7 @@ def test_every_module_imports_alone() -> None:
     a process where nothing of the project is loaded yet (torch stays loaded)."""
     names = [module_name(p) for p in core_modules()]
     names += [module_name(p) for plugin in PLUGINS for p in sorted((REPO / plugin).rglob("*.py"))]
+    names += [module_name(p) for p in sorted((REPO / "experiments").rglob("*.py"))]
     script = (
         "import importlib, sys, torch\n"
         f"project = {PROJECT!r}\n"
@@ -112,6 +113,59 @@ def test_every_module_imports_alone() -> None:
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0 and not result.stdout, result.stdout + result.stderr
+
+
+EXPERIMENTS = "open_lth.experiments"
+# What each room of experiments/ may import of experiments/: jobs reads a results root
+# through analysis/load.py (`main.py status` on a root no sweep started) and nothing else
+# of analysis; analysis runs nothing. Neither imports a study.
+EXPERIMENT_ROOMS = {
+    "jobs": (f"{EXPERIMENTS}.jobs", f"{EXPERIMENTS}.analysis", f"{EXPERIMENTS}.analysis.load"),
+    "analysis": (f"{EXPERIMENTS}.analysis",),
+}
+
+
+def test_experiments_has_a_jobs_room_and_an_analysis_room() -> None:
+    """experiments/ holds the two rooms, the studies (scripts run by path) and the
+    notebooks; jobs and analysis import each other only along the one allowed arrow."""
+    top = REPO / "experiments"
+    assert sorted(p.name for p in top.iterdir() if p.is_dir() and p.name != "__pycache__") == [
+        "analysis",
+        "jobs",
+    ]
+    wrong = []
+    for room, allowed in EXPERIMENT_ROOMS.items():
+        assert (top / room / "__init__.py").read_text().startswith('"""'), room
+        for path in sorted((top / room).rglob("*.py")):
+            for imported in project_imports(path):
+                inside = imported.startswith(f"{EXPERIMENTS}.")
+                # `from open_lth.experiments.jobs import sweep` names the room and the module
+                if inside and imported not in allowed and not imported.startswith(allowed[0] + "."):
+                    wrong.append(f"{module_name(path)} imports {imported}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_benchmarks_and_experiments_import_nothing_of_the_tests() -> None:
+    """The tests' fixtures live under tests/ and are the tests' own: a benchmark or an
+    experiment that needs a tool (synthetic_imagenet.py) finds it in experiments/jobs/."""
+    test_modules = {"tests", *(p.stem for p in (REPO / "tests").glob("*.py"))}
+    wrong = []
+    for path in sorted(
+        [*(REPO / "benchmarks").rglob("*.py"), *(REPO / "experiments").rglob("*.py")]
+    ):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            else:
+                continue
+            wrong += [
+                f"{path.relative_to(REPO)} imports {n}"
+                for n in names
+                if n.split(".")[0] in test_modules
+            ]
+    assert not wrong, "\n".join(wrong)
 
 
 def test_main_loads_every_plugin() -> None:
@@ -138,7 +192,10 @@ def test_one_module_owns_the_on_disk_layout() -> None:
     spelled in open_lth/foundations/paths.py only: the core that writes them and the
     tools that read them (experiments' loading, status, sweeps) ask it."""
     owner = REPO / "open_lth" / "foundations" / "paths.py"
-    readers = [REPO / "experiments" / n for n in ("load.py", "sweep.py", "folder_status.py")]
+    experiments = REPO / "experiments"
+    readers = [
+        experiments / n for n in ("analysis/load.py", "jobs/sweep.py", "jobs/folder_status.py")
+    ]
     spelled = []
     for path in [*core_modules(), *readers]:
         if path == owner:

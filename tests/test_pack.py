@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import DATA, LENET, REPO, lenet_lottery
-from open_lth.experiments import packs
+from open_lth.experiments.jobs import packs
 from open_lth.foundations import paths
 from open_lth.lottery import pack as pack_runner
 from open_lth.lottery.levels import Levels, level_dir
@@ -329,7 +329,7 @@ def test_runs_of_a_pack_killed_between_checkpoints_resume_at_one_iteration(
 
 def test_a_sweep_trains_its_runs_in_packs_and_status_lists_each(tmp_path: Path, capsys) -> None:
     from open_lth.experiments import lenet_fisher_vs_magnitude as lenet
-    from open_lth.experiments import status, sweep
+    from open_lth.experiments.jobs import status, sweep
 
     argv = ["--quick", f"--root={tmp_path}", f"--dataset_root={DATA}", "--replicates=1-2"]
     argv += ["--strategies=random", "--levels=1", "--pack=2"]
@@ -347,7 +347,7 @@ def test_a_sweep_trains_its_runs_in_packs_and_status_lists_each(tmp_path: Path, 
 @pytest.mark.parametrize("flag", ["--pack=0", "--jobs=0"])
 def test_a_sweep_refuses_a_pack_or_jobs_below_one(tmp_path: Path, capsys, flag: str) -> None:
     from open_lth.experiments import lenet_fisher_vs_magnitude as lenet
-    from open_lth.experiments import sweep
+    from open_lth.experiments.jobs import sweep
 
     argv = ["--quick", f"--root={tmp_path}", f"--dataset_root={DATA}", flag]
     assert sweep.main(lenet.build, None, argv, lenet.add_args) == 2

@@ -434,7 +434,7 @@ def test_lottery_level_one_on_real_mnist(cli, tmp_path: Path, name: str) -> None
 
 def test_study_script_builds_its_grid(tmp_path: Path) -> None:
     from open_lth.experiments import pruning_at_init as study
-    from open_lth.experiments import sweep
+    from open_lth.experiments.jobs import sweep
 
     parser = argparse.ArgumentParser()
     sweep.add_args(parser)
@@ -464,7 +464,7 @@ def test_study_script_builds_its_grid(tmp_path: Path) -> None:
 
 
 def test_a_folder_made_before_allow_layer_collapse_shares_the_setting() -> None:
-    from open_lth.experiments import load
+    from open_lth.experiments.analysis import load
 
     rows = [
         {"kind": "lottery", "model.model_name": "m", "pruning.pruning_fraction": 0.2},

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import synthetic
 
-import open_lth.experiments.report  # noqa: F401 - registers the subcommand
+import open_lth.experiments.analysis.report  # noqa: F401 - registers the subcommand
 from conftest import DATA
 
 PNG = b"\x89PNG\r\n\x1a\n"

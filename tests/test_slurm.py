@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import DATA, REPO
-from open_lth.experiments import status
+from open_lth.experiments.jobs import status
 from open_lth.main import main as cli_main
 
 SWEEP = REPO / "tests" / "slurm" / "tiny_sweep.py"
@@ -160,7 +160,7 @@ def _tiny_sweep(argv: list[str]) -> int:
     spec = importlib.util.spec_from_file_location("tiny_sweep", SWEEP)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    from open_lth.experiments import sweep
+    from open_lth.experiments.jobs import sweep
 
     return sweep.main(module.build, None, argv)
 
@@ -199,7 +199,7 @@ def test_slurm_dry_run_lists_the_arrays_without_sbatch(tmp_path: Path, capsys, m
 
 
 def test_slurm_time_in_minutes() -> None:
-    from open_lth.experiments.slurm import minutes
+    from open_lth.experiments.jobs.slurm import minutes
 
     assert [minutes(t) for t in ("90", "1:30:00", "1-00:00:00", "0:00:30", "2:30")] == [
         90, 90, 1440, 1, 150

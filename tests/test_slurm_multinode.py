@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from open_lth.experiments import slurm, sweep
+from open_lth.experiments.jobs import slurm, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,7 +111,7 @@ def test_two_tasks_form_one_process_group(tmp_path: Path) -> None:
     variables), each running RunTask: their children meet in one gloo group."""
     script = tmp_path / "group.py"
     script.write_text(GROUP)
-    launch = "import sys; from open_lth.experiments.slurm import RunTask; "
+    launch = "import sys; from open_lth.experiments.jobs.slurm import RunTask; "
     launch += f"sys.exit(RunTask([sys.argv[1]], {str(script)!r}, {str(tmp_path)!r})())"
     port = str(20000 + os.getpid() % 40000)  # MASTER_PORT's source: the job id
     tasks = []

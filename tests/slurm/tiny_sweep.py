@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[2]))
 
-from open_lth.experiments import sweep  # noqa: E402
+from open_lth.experiments.jobs import sweep  # noqa: E402
 
 LOTTERY = [
     "--default_hparams=mnist_lenet_300_100",

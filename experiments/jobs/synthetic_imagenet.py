@@ -1,6 +1,6 @@
 """A small synthetic ImageNet-style folder, to try the ImageNet commands on a CPU:
 
-    python experiments/synthetic_imagenet.py --out=<folder> [--classes=3] [--per_class=8]
+    python experiments/jobs/synthetic_imagenet.py --out=<folder> [--classes=3] [--per_class=8]
 
 writes <folder>/train/<wnid>/*.JPEG (per_class images a class) and <folder>/val/<wnid>/
 (a quarter as many), smooth random pictures of 40 to 80 pixels a side, with real

@@ -29,7 +29,7 @@ class Entry:
 
 
 # The run folders of each pack command made in this process, so that what the executors
-# record (experiments/status.py) is per run, not per pack.
+# record (experiments/jobs/status.py) is per run, not per pack.
 _MEMBERS: dict[tuple[str, ...], list[tuple[Run, Path | None]]] = {}
 
 

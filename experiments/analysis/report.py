@@ -5,7 +5,7 @@ printed note (and listed in the index); unfinished runs are drawn where they hav
 data and listed with their last logged iteration.
 
 This module only registers the subcommand; pandas, matplotlib and the drawing are
-imported when a report is written (`experiments/report_writer.py`), so that every
+imported when a report is written (`experiments/analysis/report_writer.py`), so that every
 other main.py command starts as fast as before."""
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ class ReportRunner(Runner):
         return self.out
 
     def run(self) -> None:
-        from open_lth.experiments import load
-        from open_lth.experiments.report_writer import Report
+        from open_lth.experiments.analysis import load
+        from open_lth.experiments.analysis.report_writer import Report
 
         table = load.runs(self.root)
         if table.empty:

@@ -1,7 +1,7 @@
 """`main.py status --root=<results>`: per run of the sweeps started on that root, done,
 running, waiting or failed (with the last line of its log), from what the executors
 recorded in `<root>/sweep_jobs.jsonl` and, for Slurm, what `squeue` says now. A root
-that no sweep started is read from its folders (open_lth.experiments.folder_status).
+that no sweep started is read from its folders (open_lth.experiments.jobs.folder_status).
 
 The record is append-only, one JSON object a line (like metrics.csv: a crash loses at
 most the line being written); the newest line about a run folder wins."""
@@ -89,7 +89,7 @@ def pid_alive(pid: int) -> bool:
 
 def states(root: Path) -> list[tuple[str, dict, str]]:
     """(state, record, detail) per recorded run: done, running, waiting or failed."""
-    from open_lth.experiments import sweep
+    from open_lth.experiments.jobs import sweep
 
     entries = read(root)
     queue = slurm_states([e["job_id"] for e in entries.values() if e["executor"] == "slurm"])
@@ -143,7 +143,8 @@ class StatusRunner(Runner):
         root = Path(args.root).expanduser() if args.root else None
         root = root or registries.platforms.get(args.platform).default_root()
         # Imported here: pandas would slow every other subcommand's start (plugins load all).
-        from open_lth.experiments import folder_status, load
+        from open_lth.experiments.analysis import load
+        from open_lth.experiments.jobs import folder_status
 
         root = load.check_root(root)
         if (root / RECORD).exists():

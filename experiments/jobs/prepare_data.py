@@ -2,7 +2,7 @@
 system (a million small files are slow there), optionally with each image's shorter side
 resized to at most N pixels:
 
-    python experiments/prepare_data.py --dataset_name=imagenet --dataset_root=<folders> \\
+    python experiments/jobs/prepare_data.py --dataset_name=imagenet --dataset_root=<folders> \\
         --out=<prepared> [--shorter_side=256] [--shard_size_mb=1024]
 
 Then `--dataset_root=<prepared>` (or a folder holding it as `imagenet/`) reads the
@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.append(str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[2]))
 
 from open_lth.foundations.errors import UserError  # noqa: E402
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from open_lth.experiments import load
+from open_lth.experiments.analysis import load
 from open_lth.foundations import paths, registries
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.store import lock_held

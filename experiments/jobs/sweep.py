@@ -15,7 +15,7 @@ A study script builds its phases and hands them to `main`, which gives it these 
     --root, --dataset_root, --platform   passed to every run
     --executor=local|slurm   local: this machine, as above; slurm: one job array per
                        phase through submitit, each phase after the last succeeded, with
-                       --slurm_* flags (experiments/slurm.py). With Slurm, --jobs is
+                       --slurm_* flags (experiments/jobs/slurm.py). With Slurm, --jobs is
                        refused (use --slurm_array_parallelism); --dry_run and
                        --print_commands list what would be submitted and submit nothing.
 
@@ -41,10 +41,10 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from open_lth.experiments import packs, slurm, status
+from open_lth.experiments.jobs import packs, slurm, status
 from open_lth.foundations import paths
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MAIN = REPO / "main.py"
 
 Run = list[str]

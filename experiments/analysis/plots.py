@@ -1,4 +1,4 @@
-"""The study's figures and tables from the DataFrames of `experiments.load`.
+"""The study's figures and tables from the DataFrames of `experiments.analysis.load`.
 
 Each figure is one function that takes DataFrames and returns a matplotlib Figure,
 drawn on an Agg canvas (no display, no pyplot state); `save` writes it as PNG and

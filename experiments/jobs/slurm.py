@@ -37,7 +37,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from open_lth.experiments import packs, status
+from open_lth.experiments.jobs import packs, status
 
 FLAGS = (
     "slurm_partition",
@@ -250,7 +250,7 @@ def submit(
         return []
     import submitit
 
-    from open_lth.experiments.sweep import MAIN, REPO
+    from open_lth.experiments.jobs.sweep import MAIN, REPO
 
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
     # A fresh folder per submission: job ids restart on a new cluster.

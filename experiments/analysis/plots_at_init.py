@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
-from open_lth.experiments import plots
+from open_lth.experiments.analysis import plots
 
 ONE_SHOT = ("magnitude_at_init", "snip", "grasp", "synflow", "gem_miner")
 COLORS = {

@@ -1,4 +1,4 @@
-"""The drawing and writing behind `main.py report` (see experiments/report.py)."""
+"""The drawing and writing behind `main.py report` (see experiments/analysis/report.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from open_lth.experiments import load, plots, plots_at_init
+from open_lth.experiments.analysis import load, plots, plots_at_init
 
 
 def slug(text: str) -> str:
