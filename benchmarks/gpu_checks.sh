@@ -2,12 +2,13 @@
 # Every GPU check in one pass, for a lent GPU machine with torch already installed (run
 # from the repository root, nothing installed). Results go to $OUT (default ./gpu_out):
 # gpu.txt (device, versions), pytest.log (the whole suite with CUDA present),
-# gpu_speed.log, fisher.log, pack_speed.log, pack_probe.log, compile.log, streams.log
-# and sweep_level.log (benchmarks); `tests` runs only the test files in $GPU_TESTS
+# gpu_speed.log, fisher.log, pack_speed.log, pack_probe.log, compile.log, streams.log,
+# sweep_level.log and gem_miner.log (benchmarks); `tests` runs only the test files in $GPU_TESTS
 # (tests.log; default: the GPU step's, the packs' and the lanes' tests).
 #
 #   OPEN_LTH_TEST_DATA=<folder laid out like ../shared/data> bash benchmarks/gpu_checks.sh \
 #       [suite] [tests] [speed] [fisher] [packs] [probe] [sweep] [compile] [streams] [imagenet]
+#       [gem_miner]
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -95,6 +96,14 @@ for step in $steps; do
             tests/test_decoders.py >>"$OUT/imagenet.log" 2>&1
         timeout 420 $PY benchmarks/imagenet_speed.py --images=${IMAGENET_IMAGES:-4096} \
             2>&1 | tee -a "$OUT/imagenet.log"
+        ;;
+    gem_miner)
+        # Issue 20 item 5: the search's CUDA-graph test, then the released ResNet-20
+        # search's steady state, eager against graphed, in minutes (target: under 4).
+        OMP_NUM_THREADS=4 timeout 120 $PY -m pytest -q -p no:cacheprovider -rfEs \
+            tests/test_gem_miner.py -k graph >"$OUT/gem_miner.log" 2>&1
+        timeout 300 $PY benchmarks/gem_miner_speed.py --dataset_root="$DATA" \
+            2>&1 | tee -a "$OUT/gem_miner.log"
         ;;
     esac
     echo "== $step: $(($(date +%s) - start)) s"

@@ -573,3 +573,17 @@ def test_the_search_replays_a_cuda_graph(tmp_path: Path, monkeypatch):
     assert sum(int(m.sum()) for m in graphed.values()) == round(0.3 * total)
     agree = sum(int((graphed[n] == eager[n]).sum()) for n in graphed)
     assert agree >= 0.98 * total
+
+
+def test_the_speed_benchmark_runs_on_a_cpu():
+    """benchmarks/gem_miner_speed.py's smoke run: the figure itself needs a GPU
+    (benchmarks/gpu_checks.sh gem_miner)."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gem_miner_speed.py"
+    argv = [sys.executable, str(script), f"--dataset_root={DATA}", "--device=cpu"]
+    argv += ["--model=cifar_resnet_8_4", "--steps=4,8"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "the released search (56940 steps)" in done.stdout
