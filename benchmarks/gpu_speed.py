@@ -39,9 +39,10 @@ from open_lth.foundations.hparams import DatasetHparams, ModelHparams  # noqa: E
 from open_lth.foundations.model import build_model  # noqa: E402
 from open_lth.training.data import DeviceData, load  # noqa: E402
 from open_lth.training.evaluation import evaluate_copies  # noqa: E402
+from open_lth.training.loop import Loop  # noqa: E402
 from open_lth.training.metrics import read_rows  # noqa: E402
 from open_lth.training.stacked import stack  # noqa: E402
-from open_lth.training.trainer import Copy, Seeds, TrainOptions, train_copies  # noqa: E402
+from open_lth.training.trainer import Copy, Seeds, Stage, TrainOptions  # noqa: E402
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -169,7 +170,7 @@ def trainer_its(
         data = (spec["train"], spec["test"])
         # Lanes are a pack's (independent runs, a checkpoint each); one job stays stacked.
         shared = None if pack_streams > 1 else Path(tmp) / "ck"
-        train_copies(models, training, *data, spec["batch"], copies, shared, options)
+        Loop(models, Stage(training, *data, spec["batch"], copies, options, shared)).run()
         rows = read_rows(copies[0].out / "metrics.csv")
         wall = {it: v for it, name, v in rows if name == "wall_seconds"}
     return (steps - steps // 2) / (wall[steps] - wall[steps // 2])

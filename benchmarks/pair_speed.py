@@ -23,8 +23,9 @@ from open_lth.foundations import registries  # noqa: E402
 from open_lth.foundations.hparams import DatasetHparams, ModelHparams  # noqa: E402
 from open_lth.foundations.model import build_model  # noqa: E402
 from open_lth.training.data import load  # noqa: E402
+from open_lth.training.loop import Loop  # noqa: E402
 from open_lth.training.metrics import read_rows  # noqa: E402
-from open_lth.training.trainer import Copy, Seeds, TrainOptions, train_copies  # noqa: E402
+from open_lth.training.trainer import Copy, Seeds, Stage, TrainOptions  # noqa: E402
 
 
 def seconds(folder: Path) -> float:
@@ -47,10 +48,10 @@ def run(args: argparse.Namespace, data: tuple, together: bool) -> float:
         for c in copies:
             c.out.mkdir()
         if together:
-            train_copies(models, training, *data, batch, copies, Path(tmp) / "ck.pt", options)
+            Loop(models, Stage(training, *data, batch, copies, options, Path(tmp) / "ck.pt")).run()
         else:
             for m, c in zip(models, copies, strict=True):
-                train_copies([m], training, *data, batch, [c], c.out / "ck.pt", options)
+                Loop([m], Stage(training, *data, batch, [c], options, c.out / "ck.pt")).run()
         total = sum(seconds(c.out) for c in copies) if not together else seconds(copies[0].out)
     return 2 * args.steps / total
 

@@ -22,8 +22,9 @@ from open_lth.foundations.model import build_model
 from open_lth.main import load_plugins
 from open_lth.training import loop
 from open_lth.training.data import load
+from open_lth.training.loop import Loop
 from open_lth.training.train_step import EagerStep, StaticStep
-from open_lth.training.trainer import Copy, Seeds, TrainOptions, train, train_copies
+from open_lth.training.trainer import Copy, Seeds, Stage, TrainOptions, train
 
 load_plugins()
 CPU = torch.device("cpu")
@@ -127,7 +128,7 @@ def fit_pack(out: Path, checkpoint_every: str | None = None) -> dict:
     models = [build_model(MODEL, 10, seed) for seed in (1, 2)]
     copies = [Copy(out / str(j), Seeds(j, j)) for j in range(2)]
     options = TrainOptions(eval_every="15it", checkpoint_every=checkpoint_every, quiet=True)
-    assert train_copies(models, training, train_data, test_data, 60, copies, None, options) == {}
+    assert Loop(models, Stage(training, train_data, test_data, 60, copies, options)).run() == {}
     return {j: torch.load(paths.weights(out / str(j), 45), weights_only=True) for j in (0, 1)}
 
 

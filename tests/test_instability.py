@@ -22,8 +22,9 @@ from open_lth.main import load_plugins
 from open_lth.training import interpolation
 from open_lth.training.data import DeviceData, load
 from open_lth.training.interpolation import barrier, evaluate_path
+from open_lth.training.loop import Loop
 from open_lth.training.signals import Interrupted
-from open_lth.training.trainer import Copy, Seeds, TrainOptions, train, train_copies
+from open_lth.training.trainer import Copy, Seeds, Stage, TrainOptions, train
 
 load_plugins()
 CPU = torch.device("cpu")
@@ -131,9 +132,8 @@ def test_stacked_copies_train_like_separate_runs(tmp_path: Path) -> None:
         build_model(ModelHparams("mnist_lenet_300_100", "kaiming_normal", "uniform"), 10, 1)
         for _ in copies
     ]
-    train_copies(
-        models, training, train_data, test_data, 60, copies, tmp_path / "ckpt.pt", options, keep
-    )
+    pair = Stage(training, train_data, test_data, 60, copies, options, tmp_path / "ckpt.pt", keep)
+    Loop(models, pair).run()
     for i, seeds in enumerate([Seeds(1, 1), Seeds(2, 2)]):
         alone = tmp_path / f"alone{i}"
         alone.mkdir()

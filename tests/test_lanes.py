@@ -18,6 +18,7 @@ from open_lth.foundations.model import build_model
 from open_lth.main import load_plugins
 from open_lth.training import loop, trainer
 from open_lth.training.data import load
+from open_lth.training.loop import Loop
 from open_lth.training.schedule import build_optimizer
 from open_lth.training.stacked import (
     Lanes,
@@ -27,7 +28,7 @@ from open_lth.training.stacked import (
     unstack_optimizer_state,
     unstack_state,
 )
-from open_lth.training.trainer import Copy, Seeds, TrainOptions, train_copies
+from open_lth.training.trainer import Copy, Seeds, Stage, TrainOptions
 
 load_plugins()
 CPU = torch.device("cpu")
@@ -126,7 +127,8 @@ def fit(
 
     loop.make_step = crashing
     try:
-        train_copies(nets, training, train_data, test_data, hp.batch_size, copies, None, options)
+        stage = Stage(training, train_data, test_data, hp.batch_size, copies, options)
+        Loop(nets, stage).run()
     finally:
         loop.make_step = real
     return [torch.load(paths.weights(c.out, steps), weights_only=True) for c in copies]

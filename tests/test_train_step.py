@@ -23,6 +23,7 @@ from open_lth.foundations.model import build_model
 from open_lth.main import load_plugins
 from open_lth.training import loop
 from open_lth.training.data import BatchesInStep, load
+from open_lth.training.loop import Loop
 from open_lth.training.precision import layout
 from open_lth.training.schedule import build_optimizer
 from open_lth.training.stacked import stack, stack_state
@@ -34,7 +35,7 @@ from open_lth.training.train_step import (
     StepParts,
     make_step,
 )
-from open_lth.training.trainer import Copy, Seeds, TrainOptions, train_copies
+from open_lth.training.trainer import Copy, Seeds, Stage, TrainOptions
 
 load_plugins()
 CPU = torch.device("cpu")
@@ -195,7 +196,7 @@ def test_the_trainer_draws_inside_a_replayed_step(tmp_path: Path, monkeypatch) -
         models = [build_model(model_hp, 10, seed) for seed in (1, 2)]
         copies = [Copy(out / str(j), Seeds(j, j)) for j in range(2)]
         options = TrainOptions(eval_every="15it", checkpoint_every=checkpoint_every, quiet=True)
-        train_copies(models, training, train_data, test_data, 60, copies, None, options)
+        Loop(models, Stage(training, train_data, test_data, 60, copies, options)).run()
         return {j: torch.load(paths.weights(out / str(j), 45), weights_only=True) for j in (0, 1)}
 
     plain = fit(tmp_path / "plain")

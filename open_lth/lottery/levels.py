@@ -77,7 +77,7 @@ class Levels:
 
     @property
     def end(self) -> int:
-        return self.data.step(self.desc.training.training_steps, "--training_steps")
+        return self.data.end(self.desc.training)
 
     @property
     def rewind(self) -> int:

@@ -124,7 +124,7 @@ class PackRunner(Runner):
             return
         first = members[0]
         data = stage.load_data(first.desc.dataset, first.job)
-        stage.check_training_steps(first.desc.training, data)
+        data.end(first.desc.training)  # a user error before anything is written
         quiet, graphs = first.job.options.quiet, first.job.options.cuda_graphs
         levels = [
             Levels(m.desc, m.job.replicate, m.output_location, data, quiet, graphs) for m in members

@@ -74,7 +74,7 @@ class TrainingRunner(Runner):
             return
         # Everything that can fail on bad input happens before the first file is written.
         d = stage.load_data(self.desc.dataset, self.job)
-        stage.check_training_steps(self.desc.training, d)
+        d.end(self.desc.training)  # a user error before anything is written
         model = build_model(self.desc.model, d.num_classes, seed=self.job.replicate)
         stage.check_model_fits(model, d, self.desc.model.model_name, self.desc.dataset.dataset_name)
         if not self.job.options.quiet:

@@ -21,7 +21,7 @@ from open_lth.training.data import DeviceData
 from open_lth.training.job import Job
 from open_lth.training.loop import Loop
 from open_lth.training.metrics import read_rows
-from open_lth.training.trainer import Copy, Seeds, Stage, iterations_per_epoch
+from open_lth.training.trainer import Copy, Seeds, Stage, iterations_per_epoch, training_end
 
 
 @dataclass
@@ -37,6 +37,10 @@ class Data:
 
     def step(self, text: str, what: str) -> int:
         return Step.from_str(text, self.iterations_per_epoch, what).iteration
+
+    def end(self, training: TrainingHparams) -> int:
+        """Where training ends, in iterations (a user error when not positive)."""
+        return training_end(training.training_steps, self.iterations_per_epoch)
 
 
 def load_data(hparams: DatasetHparams, job: Job) -> Data:
@@ -104,13 +108,6 @@ def default_seeds(training: TrainingHparams, replicate: int) -> Seeds:
         data_order=replicate if order is None else order,
         augmentation=replicate if augmentation is None else augmentation,
     )
-
-
-def check_training_steps(training: TrainingHparams, d: Data) -> int:
-    end = d.step(training.training_steps, "--training_steps")
-    if end <= 0:
-        raise UserError(f"--training_steps must be positive, got {training.training_steps}")
-    return end
 
 
 def describe(

@@ -1,6 +1,6 @@
 """What a stage is and how it is asked to train: `Stage` describes one (its hparams,
-data, copies, start and where it saves), `train` trains one run, `train_copies` K
-copies; both go through the one loop (open_lth.training.loop)."""
+data, copies, start and where it saves) and `Loop(models, stage).run()` trains its K
+copies (open_lth.training.loop); `train` is the one-run shorthand for scripts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from open_lth.foundations.errors import TrainingDiverged
+from open_lth.foundations.errors import TrainingDiverged, UserError
 from open_lth.foundations.hparams import TrainingHparams
 from open_lth.foundations.masks import Mask
 from open_lth.foundations.model import Model
@@ -46,6 +46,15 @@ class Copy:
     seeds: Seeds
     mask: Mask | None = None
     start_metrics: dict[str, float] | None = None
+
+
+def training_end(training_steps: str, iterations_per_epoch: int) -> int:
+    """--training_steps in iterations: the one place it is converted (a stage's end,
+    a lottery's levels', the checks before anything is written)."""
+    end = Step.from_str(training_steps, iterations_per_epoch, "--training_steps").iteration
+    if end <= 0:
+        raise UserError(f"--training_steps must be positive, got {training_steps}")
+    return end
 
 
 def iterations_per_epoch(train: DeviceData, batch_size: int) -> int:
@@ -91,7 +100,7 @@ class Stage:
 
     def __post_init__(self) -> None:
         self.iterations_per_epoch = iterations_per_epoch(self.train, self.batch_size)
-        self.end = Step.from_str(self.hparams.training_steps, self.iterations_per_epoch).iteration
+        self.end = training_end(self.hparams.training_steps, self.iterations_per_epoch)
 
     def lanes(self) -> int:
         return lanes(len(self.copies), self.checkpoint, self.options)
@@ -130,25 +139,3 @@ def train(
     diverged = Loop([model], stage).run()
     if diverged:
         raise TrainingDiverged(diverged[0])
-
-
-def train_copies(
-    models: list[Model],
-    hparams: TrainingHparams,
-    train_data: DeviceData,
-    test_data: DeviceData,
-    batch_size: int,
-    copies: list[Copy],
-    checkpoint_path: Path | None,
-    options: TrainOptions,
-    mask: Mask | None = None,
-    start_iteration: int = 0,
-    save_iterations: tuple[int, ...] = (),
-) -> dict[int, str]:
-    """A stage of K copies (see `Stage`); returns the diverged copies (index -> what
-    happened). Copies given a checkpoint must all be at the same iteration."""
-    stage = Stage(
-        hparams, train_data, test_data, batch_size, copies, options,
-        checkpoint_path, mask, start_iteration, save_iterations,
-    )  # fmt: skip
-    return Loop(models, stage).run()

@@ -188,7 +188,7 @@ class Retrain(TrainingBranch):
 
     def check(self, ctx: BranchContext) -> None:
         training = self.training(ctx)
-        end = stage.check_training_steps(training, ctx.levels.data)
+        end = ctx.levels.data.end(training)
         start = ctx.levels.start_iteration(ctx.level)
         if end <= start:
             raise UserError(f"--retrain_training_steps must be past the level's start ({start}it)")
