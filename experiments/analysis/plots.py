@@ -22,6 +22,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
@@ -364,13 +365,8 @@ def interpolation_plot(curves_df: pd.DataFrame, title: str | None = None) -> Fig
             label += f", k={int(k)}" if pd.notna(k) else ""
             label += "" if (g["status"] == "done").all() else " (running)"
             band(ax, stats.index, stats["mean"], stats["std"], label, color=f"C{i % 10}")
-        ax.set_xlabel("interpolation α")
-        ax.set_title(f"{split} error along the linear path", fontsize="medium")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
-    axes[0].set_ylabel("error")
-    fig.suptitle(title if title is not None else _title(curves_df), fontsize="medium")
-    return fig
+        _label_panel(ax, "interpolation α", f"{split} error along the linear path")
+    return _label_figure(fig, axes[0], "error", title if title is not None else _title(curves_df))
 
 
 def instability_vs_k(barriers_df: pd.DataFrame, title: str | None = None) -> Figure:
@@ -399,12 +395,21 @@ def instability_vs_k(barriers_df: pd.DataFrame, title: str | None = None) -> Fig
                 ax.set_xscale("symlog", linthresh=float(positive[0]))
             else:
                 ax.set_xscale("log")
-        ax.set_xlabel("rewinding step k (iterations)")
-        ax.set_title(f"{split} instability", fontsize="medium")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
-    axes[0].set_ylabel("instability (error barrier)")
-    fig.suptitle(title if title is not None else _title(df), fontsize="medium")
+        _label_panel(ax, "rewinding step k (iterations)", f"{split} instability")
+    ylabel = "instability (error barrier)"
+    return _label_figure(fig, axes[0], ylabel, title if title is not None else _title(df))
+
+
+def _label_panel(ax: Axes, xlabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+
+
+def _label_figure(fig: Figure, first: Axes, ylabel: str, title: str) -> Figure:
+    first.set_ylabel(ylabel)
+    fig.suptitle(title, fontsize="medium")
     return fig
 
 
