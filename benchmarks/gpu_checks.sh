@@ -85,6 +85,10 @@ for step in $steps; do
     fisher)
         timeout 120 $PY benchmarks/fisher_speed.py --model=cifar_resnet_20 --device=cuda \
             --dataset_root="$DATA/cifar10-subset" --examples=4000 2>&1 | tee "$OUT/fisher.log"
+        # Issue 22: ResNet-50's Fisher peak against a training step's, and one global prune
+        # of its 25.5M scores without (lowest_positions) and with the float64 copy and sort.
+        timeout 240 $PY benchmarks/fisher_memory.py --device=cuda --examples=32 2>&1 | tee -a "$OUT/fisher.log"
+        timeout 120 $PY benchmarks/select_memory.py --device=cuda 2>&1 | tee -a "$OUT/fisher.log"
         ;;
     imagenet)
         # Issue 22: nvJPEG's crops against Pillow's (CUDA and torchvision>=0.19 present),

@@ -30,7 +30,7 @@ from open_lth.foundations.hparams import Hparams, PruningHparams, hp
 from open_lth.foundations.masks import Mask
 from open_lth.foundations.model import Model
 from open_lth.lottery.strategy import PruneContext, Strategy
-from open_lth.pruning.select import remove_lowest, survivors
+from open_lth.pruning.select import lowest_positions
 from open_lth.training.data import DeviceData, derive_seed
 
 
@@ -125,11 +125,13 @@ def keep_highest(scores: dict[str, torch.Tensor], mask: Mask, ignore: list[str],
     """`mask` with only the `kept` highest-scoring survivors outside `ignore` left, one
     threshold across layers (the selector's rule)."""
     names = [n for n in mask if n not in ignore]
-    values, alive = survivors([scores[n] for n in names], [mask[n] for n in names])
-    if torch.isnan(values).any():
-        raise UserError("the pruning scores hold NaN (the network's output overflows?)")
+    layer_scores, masks = [scores[n] for n in names], [mask[n] for n in names]
+    for s, m in zip(layer_scores, masks, strict=True):
+        if torch.isnan(s.detach()).logical_and_(m.to(s.device, torch.bool)).any():
+            raise UserError("the pruning scores hold NaN (the network's output overflows?)")
+    alive = sum(int(m.sum()) for m in masks)
     new = {n: m.clone() for n, m in mask.items()}
-    for n, gone in zip(names, remove_lowest(values, alive, len(values) - kept), strict=True):
+    for n, gone in zip(names, lowest_positions(layer_scores, masks, alive - kept), strict=True):
         new[n].view(-1)[gone] = False
     return new
 

@@ -12,6 +12,7 @@ framework's rule before format 2)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from fractions import Fraction
 
 import torch
@@ -48,15 +49,136 @@ def survivors(
 
 
 def remove_lowest(values: torch.Tensor, alive: list[torch.Tensor], n: int) -> list[torch.Tensor]:
-    """The one rule of IMP, pruning at initialization and Gem-Miner's prune events:
-    each layer's positions of the `n` lowest `values` across layers (`survivors`'
-    output), exactly n, ties in layer order and then position."""
+    """Gem-Miner's prune events' rule: each layer's positions of the `n` lowest
+    `values` across layers (`survivors`' output), exactly n, ties in layer order and then
+    position. IMP and pruning at initialization use `lowest_positions`: the same weights
+    without the float64 copy of every score."""
     chosen = lowest(values, n)
     gone, start = [], 0
     for a in alive:
         here = chosen[(chosen >= start) & (chosen < start + len(a))] - start
         gone.append(a[here.to(a.device)])
         start += len(a)
+    return gone
+
+
+# The integer type of each float type's bits: a float's bits, the negatives' magnitude bits
+# flipped, order the floats as the integers order (a key; NaN aside).
+_BITS = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
+
+
+def _key(value: torch.Tensor) -> int:
+    bits = int(value.reshape(()).cpu().view(_BITS[value.dtype]))
+    return bits if bits >= 0 else bits ^ (2 ** (8 * value.element_size() - 1) - 1)
+
+
+def _value(key: int, dtype: torch.dtype) -> torch.Tensor:
+    bits = key if key >= 0 else key ^ (2 ** (torch.finfo(dtype).bits - 1) - 1)
+    return torch.tensor(bits, dtype=_BITS[dtype]).view(dtype)
+
+
+# Survivors drawn to bracket the threshold before the exact pass (0: bisection only).
+SAMPLE = 2**18
+
+
+def _bracketed(
+    flat: list[torch.Tensor], alive: list[torch.Tensor], n: int, total: int
+) -> torch.Tensor | None:
+    """The n-th lowest survivor (1 ≤ n ≤ total) in three passes, or None where the sample
+    misses it: a sample's quantiles around rank n bracket it, one pass counts the survivors
+    below the bracket and gathers those inside (about 1% of them), and their stable sort
+    gives it exactly. None where the bracket misses n or holds too many (wide ties)."""
+    g = torch.Generator().manual_seed(0)
+    numel = sum(len(s) for s in flat)
+    drawn = []
+    for s, a in zip(flat, alive, strict=True):
+        at = torch.randint(0, max(len(s), 1), (min(SAMPLE, numel) * len(s) // numel,), generator=g)
+        at = at.to(s.device)
+        drawn.append(s[at][a[at]].cpu())
+    sample = torch.cat(drawn).sort().values
+    if not len(sample):
+        return None
+    middle, width = n / total * len(sample), 2 * math.sqrt(len(sample)) + 2
+    low = sample[int(middle - width)] if middle - width >= 0 else sample.new_tensor(-math.inf)
+    high = sample[int(middle + width)] if middle + width < len(sample) else None
+    below, inside = 0, []
+    for s, a in zip(flat, alive, strict=True):
+        lo = s < low.to(s.device)
+        below += int(lo.logical_and(a).sum())
+        within = lo.logical_not_().logical_and_(a)
+        if high is not None:
+            within.logical_and_(s <= high.to(s.device))
+        inside.append(s[within].cpu())
+    between = torch.cat(inside)
+    if not below < n <= below + len(between) or len(between) > total // 16 + 2**16:
+        return None
+    return torch.sort(between, stable=True).values[n - below - 1]
+
+
+def lowest_positions(
+    scores: list[torch.Tensor], masks: list[torch.Tensor], n: int
+) -> list[torch.Tensor]:
+    """Each layer's flat positions (ascending, int64, on its mask's device) of the `n`
+    lowest surviving scores across layers: the same weights as `remove_lowest(*survivors(
+    scores, masks), n)`, ties in layer order and then position, -0.0 equal to 0.0, NaN
+    above everything (as torch.sort puts it).
+
+    No copy of every score is made: the n-th lowest survivor t comes from `_bracketed`
+    (a few passes layer by layer where the scores are, one sort of about 1% of them), or
+    where that misses (wide ties), from a bisection over the floats' ordered bit patterns
+    counting survivors ≤ a value (32 passes in float32, 64 in float64). Then every
+    survivor < t goes, and the first survivors == t."""
+    if len(scores) != len(masks):
+        raise ValueError(f"{len(scores)} score tensors for {len(masks)} masks")
+    dtype = scores[0].dtype if scores else torch.float64
+    if any(s.dtype != dtype for s in scores) or dtype not in _BITS:
+        dtype = torch.float64  # survivors' common type: exact for every float score
+    flat = [s.detach().reshape(-1).to(dtype) for s in scores]
+    alive = [m.reshape(-1).to(s.device, torch.bool) for s, m in zip(flat, masks, strict=True)]
+    total = sum(int(a.sum()) for a in alive)
+    if not 0 <= n <= total:
+        raise ValueError(f"cannot remove {n} of {total} surviving weights")
+
+    def count(chosen: Callable[[torch.Tensor], torch.Tensor]) -> int:
+        return sum(int(chosen(s).logical_and_(a).sum()) for s, a in zip(flat, alive, strict=True))
+
+    def number(s: torch.Tensor) -> torch.Tensor:
+        return ~torch.isnan(s)
+
+    if n > count(number):  # every number goes, then the first NaNs
+        lower, tie = number, torch.isnan
+    else:
+        t = _bracketed(flat, alive, n, total) if n and SAMPLE else None
+        # Else the smallest key whose value v has at least n survivors ≤ v: its value is t.
+        low = _key(torch.tensor(-math.inf, dtype=dtype))
+        high = _key(torch.tensor(math.inf, dtype=dtype))
+        while t is None and low < high:
+            v = _value((low + high) // 2, dtype)
+            if count(lambda s, v=v: s <= v.to(s.device)) >= n:
+                high = (low + high) // 2
+            else:
+                low = (low + high) // 2 + 1
+        t = _value(low, dtype) if t is None else t
+
+        def lower(s: torch.Tensor) -> torch.Tensor:
+            return s < t.to(s.device)
+
+        def tie(s: torch.Tensor) -> torch.Tensor:
+            return s == t.to(s.device)
+
+    # Every survivor below t goes; of those equal to t, the first in layer order, then
+    # position, until n are gone.
+    gone = [lower(s).logical_and_(a).nonzero().squeeze(1) for s, a in zip(flat, alive, strict=True)]
+    rest = n - sum(len(here) for here in gone)
+    for i, (s, a, m) in enumerate(zip(flat, alive, masks, strict=True)):
+        equal = tie(s).logical_and_(a).nonzero().squeeze(1)[:rest]
+        rest -= len(equal)
+        gone[i] = torch.cat([gone[i], equal]).sort().values.to(m.device)
     return gone
 
 
@@ -74,17 +196,18 @@ def select(
     new = {n: m.clone() for n, m in mask.items()}
     groups = [[n] for n in names] if scope == "layerwise" else [names]
     for group in groups:
-        values, alive = survivors([scores[n] for n in group], [mask[n] for n in group])
-        counted = len(values)
+        alive = sum(int(mask[n].sum()) for n in group)
+        counted = alive
         if scope == "global" and count_ignored:
             counted += sum(int(mask[n].sum()) for n in mask if n in ignore)
         k = count_to_prune(fraction, counted)
-        if k > len(values):
+        if k > alive:
             raise UserError(
                 f"pruning {fraction} of {counted} surviving weights removes {k}, but only "
-                f"{len(values)} survive outside --pruning_layers_to_ignore"
+                f"{alive} survive outside --pruning_layers_to_ignore"
             )
-        for n, gone in zip(group, remove_lowest(values, alive, k), strict=True):
+        gone_by_layer = lowest_positions([scores[n] for n in group], [mask[n] for n in group], k)
+        for n, gone in zip(group, gone_by_layer, strict=True):
             new[n].view(-1)[gone] = False
     return new
 

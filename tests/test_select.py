@@ -62,3 +62,56 @@ def test_remove_lowest_is_exact_and_breaks_ties_by_layer_then_position() -> None
     assert values.dtype == torch.float64 and len(values) == 6  # the pruned -9 is no survivor
     gone = remove_lowest(values, alive, 3)  # 0.5, then the three 1.0s tie: a[0], a[2] first
     assert [g.tolist() for g in gone] == [[0, 2], [1]]
+
+
+def _old_rule(scores: list[torch.Tensor], masks: list[torch.Tensor], n: int) -> list[list[int]]:
+    from open_lth.pruning.select import remove_lowest, survivors
+
+    return [sorted(g.tolist()) for g in remove_lowest(*survivors(scores, masks), n)]
+
+
+@pytest.mark.parametrize("sample", [2**18, 64, 0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lowest_positions_removes_the_weights_the_sort_removes(monkeypatch, dtype, sample) -> None:
+    """Without the concatenated float64 copy, the same weights as the stable sort of
+    every survivor: random scores, many ties, ±0.0, NaN, empty layers, n from 0 to all;
+    the threshold bracketed by a sample, by a small one (often missing), or bisected."""
+    from open_lth.pruning import select as select_module
+    from open_lth.pruning.select import lowest_positions
+
+    monkeypatch.setattr(select_module, "SAMPLE", sample)
+
+    g = torch.Generator().manual_seed(0)
+    for case in range(60):
+        sizes = torch.randint(0, 30, (int(torch.randint(1, 5, (1,), generator=g)),), generator=g)
+        scores, masks = [], []
+        for size in sizes.tolist():
+            kind = case % 4
+            if kind == 0:  # continuous, both signs
+                s = torch.randn(size, generator=g, dtype=dtype)
+            elif kind == 1:  # a few values: many ties
+                s = torch.randint(0, 3, (size,), generator=g).to(dtype)
+            else:  # ties, zeros of both signs, infinities, NaN
+                pool = torch.tensor(
+                    [0.0, -0.0, 1.0, -1.0, float("inf"), -float("inf")], dtype=dtype
+                )
+                if kind == 3:
+                    pool = torch.cat(
+                        [pool, torch.tensor([float("nan"), -float("nan")], dtype=dtype)]
+                    )
+                s = pool[torch.randint(0, len(pool), (size,), generator=g)]
+            scores.append(s.reshape(-1, 1) if size % 2 == 0 else s)  # any shape
+            keep = torch.rand(size, generator=g) < (0.0 if case % 7 == 0 else 0.7)
+            masks.append(keep.reshape(scores[-1].shape))
+        alive = sum(int(m.sum()) for m in masks)
+        for n in sorted({0, alive, alive // 3, alive // 2, max(alive - 1, 0)}):
+            ours = [p.tolist() for p in lowest_positions(scores, masks, n)]
+            assert ours == _old_rule(scores, masks, n), (case, n)
+            assert sum(len(p) for p in ours) == n
+
+
+def test_lowest_positions_refuses_more_than_the_survivors() -> None:
+    from open_lth.pruning.select import lowest_positions
+
+    with pytest.raises(ValueError, match="cannot remove 3 of 2"):
+        lowest_positions([torch.zeros(3)], [torch.tensor([True, False, True])], 3)
