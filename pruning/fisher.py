@@ -39,6 +39,9 @@ MEMORY_BUDGET = 256 * 2**20
 # "auto": shifted on a CPU; on a GPU the fastest for the layer's shapes, timed once per
 # process (like cudnn.benchmark), or unfold when deterministic algorithms are asked for.
 CONV_METHODS = ("shifted", "unfold", "grouped")
+# Input values a Fisher batch holds at most: 1,000 CIFAR-10 images (MNIST and CIFAR-10
+# runs keep their batch of 1,000, and so their numbers).
+BATCH_ELEMENTS = 1000 * 3 * 32 * 32
 _TUNED: dict[tuple, str] = {}
 
 
@@ -209,11 +212,19 @@ def _linear_squares(a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return _chunked_squares(delta, a, max(1, MEMORY_BUDGET // per_example))
 
 
+def batch_for(data: DeviceData) -> int:
+    """Examples a forward takes: 1,000 up to CIFAR-10's size, fewer for larger images, so
+    that a batch holds no more input than 1,000 CIFAR-10 images (ImageNet at 224×224: 20;
+    1,000 would hold a ResNet-50's activations of 1,000 images at once)."""
+    x, _ = data.batch(torch.arange(1, device=data.device))
+    return max(1, min(1000, BATCH_ELEMENTS // x[0].numel()))
+
+
 def fisher_diagonal(
     model: nn.Module,
     data: DeviceData,
     index: torch.Tensor | None = None,
-    batch_size: int = 1000,
+    batch_size: int | None = None,
     conv_method: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """F̂ = (1/N)·Σₙ g_n² over the examples at `index` (default: all of `data`, unaugmented)
@@ -222,7 +233,9 @@ def fisher_diagonal(
     The model runs in eval mode (restored afterwards), so BatchNorm uses its running
     statistics and each example's gradient depends on that example alone. `conv_method`:
     "auto" or one of CONV_METHODS, how conv layers form their per-example gradients.
+    `batch_size`: examples a forward takes (default `batch_for(data)`).
     """
+    batch_size = batch_size or batch_for(data)
     if conv_method != "auto" and conv_method not in CONV_METHODS:
         raise ValueError(
             f"fisher: conv_method {conv_method!r}; known: auto, {', '.join(CONV_METHODS)}"

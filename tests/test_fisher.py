@@ -349,3 +349,25 @@ def test_fisher_examples_must_be_positive(bad):
     with pytest.raises(UserError, match="--fisher_examples"):
         FisherHparams(fisher_examples=bad)
     assert FisherHparams(fisher_examples=1).fisher_examples == 1
+
+
+def test_the_batch_holds_at_most_a_thousand_cifar_images_of_input(monkeypatch):
+    """MNIST and CIFAR-10 keep the batch of 1,000 (and their numbers); ImageNet-sized
+    images go 20 at a time, not 1,000 (a ResNet-50's activations of 1,000 images at
+    224×224 fill a GPU), with the same Fisher diagonal."""
+    assert fisher_module.batch_for(mnist_data(4)) == 1000
+    assert fisher_module.batch_for(cifar_data(4)) == 1000
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (45, 3, 224, 224), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (45,), generator=g)
+    big = DeviceData(images, labels, (0.5,) * 3, (0.25,) * 3, None, 0, CPU)
+    assert fisher_module.batch_for(big) == 20
+    model = nn.Sequential(nn.Conv2d(3, 2, 7, stride=8), nn.Flatten(), nn.Linear(2 * 28 * 28, 10))
+    sizes, real = [], big.batch
+    monkeypatch.setattr(big, "batch", lambda index, *a: sizes.append(len(index)) or real(index))
+    ours = fisher_diagonal(model, big)
+    assert sizes[1:] == [20, 20, 5]  # after batch_for's one example
+    whole = fisher_diagonal(model, big, batch_size=45)  # float32 sums in another order
+    for name, value in whole.items():
+        atol = 1e-6 * value.abs().max().item()
+        torch.testing.assert_close(ours[name], value, rtol=1e-4, atol=atol, msg=name)
