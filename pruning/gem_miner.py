@@ -56,7 +56,7 @@ from open_lth.foundations.model import Model
 from open_lth.foundations.step import Step
 from open_lth.lottery.strategy import PruneContext, Strategy
 from open_lth.pruning.at_init import AtInitHparams, resolve_density
-from open_lth.pruning.select import remove_lowest, survivors
+from open_lth.pruning.select import lowest_positions
 from open_lth.training.checkpoints import tag_of
 from open_lth.training.data import derive_seed
 from open_lth.training.loop import Loop
@@ -344,10 +344,10 @@ class _Search:
         and the masked weights."""
         keep = kept_after(event, self.events, self.n0, self.target)
         scores, alive = list(self.net.scores), self.net.alive()
-        values, positions = survivors(scores, alive)
-        if keep >= len(values):
+        remaining = sum(int(a.sum()) for a in alive)
+        if keep >= remaining:
             return
-        gone = remove_lowest(values, positions, len(values) - keep)
+        gone = lowest_positions(scores, alive, remaining - keep)
         with torch.no_grad():
             for s, a, g in zip(scores, alive, gone, strict=True):
                 a.view(-1)[g] = False

@@ -49,10 +49,11 @@ def survivors(
 
 
 def remove_lowest(values: torch.Tensor, alive: list[torch.Tensor], n: int) -> list[torch.Tensor]:
-    """Gem-Miner's prune events' rule: each layer's positions of the `n` lowest
-    `values` across layers (`survivors`' output), exactly n, ties in layer order and then
-    position. IMP and pruning at initialization use `lowest_positions`: the same weights
-    without the float64 copy of every score."""
+    """Each layer's positions of the `n` lowest `values` across layers (`survivors`'
+    output), exactly n, ties in layer order and then position: the plain statement of
+    the rule, with a float64 copy of every score. IMP, pruning at initialization and
+    Gem-Miner's prune events use `lowest_positions`, the same weights without that copy;
+    this is what its tests and benchmarks/select_memory.py hold it against."""
     chosen = lowest(values, n)
     gone, start = [], 0
     for a in alive:
