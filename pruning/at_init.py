@@ -26,7 +26,7 @@ import torch
 
 from open_lth.foundations import registries
 from open_lth.foundations.errors import UserError
-from open_lth.foundations.hparams import Hparams, PruningHparams, hp
+from open_lth.foundations.hparams import Hparams, PruningHparams, fraction, hp, positive_int
 from open_lth.foundations.masks import Mask
 from open_lth.foundations.model import Model
 from open_lth.lottery.strategy import PruneContext, Strategy
@@ -44,15 +44,11 @@ class AtInitHparams(Hparams):
         "one-shot strategies (gem_miner, snip, grasp, synflow, magnitude_at_init): fraction "
         "of the prunable weights kept at level 1; default: the density that --levels levels "
         "of --pruning_fraction pruning reach, e.g. 0.8^8 = 0.168",
+        check=fraction,
     )
 
     _name: ClassVar[str] = "One-shot Pruning Hyperparameters"
     _description: ClassVar[str] = "The density a one-shot strategy prunes to."
-
-    def validate(self) -> None:
-        d = self.target_density
-        if d is not None and not 0 < d < 1:
-            raise UserError(f"--target_density must be in (0, 1), got {d}")
 
 
 @dataclass
@@ -63,13 +59,8 @@ class ExamplesHparams(AtInitHparams):
         None,
         "snip, grasp: training examples scored, drawn balanced per class with the run's seed, "
         "unaugmented (default: 10 per class)",
+        check=positive_int,
     )
-
-    def validate(self) -> None:
-        super().validate()
-        n = self.pai_examples
-        if n is not None and n < 1:
-            raise UserError(f"--pai_examples must be a positive integer, got {n}")
 
 
 def density_of_levels(levels: int, pruning: PruningHparams) -> float:

@@ -24,8 +24,7 @@ from typing import ClassVar
 import torch
 
 from open_lth.foundations import formats, registries
-from open_lth.foundations.errors import UserError
-from open_lth.foundations.hparams import PruningHparams, hp
+from open_lth.foundations.hparams import PruningHparams, hp, positive
 from open_lth.foundations.model import Model
 from open_lth.lottery.strategy import PruneContext
 from open_lth.pruning.at_init import AtInitStrategy, ExamplesHparams, Scoring, scoring_inputs
@@ -35,7 +34,9 @@ from open_lth.training.data import derive_seed
 
 @dataclass
 class GraspHparams(ExamplesHparams):
-    grasp_temperature: float = hp(200.0, "grasp: the logits are divided by it (the released 200)")
+    grasp_temperature: float = hp(
+        200.0, "grasp: the logits are divided by it (the released 200)", check=positive
+    )
     grasp_reinit: bool = hp(
         False,
         "grasp: score with every linear layer's weights drawn afresh (Xavier normal) in the "
@@ -44,11 +45,6 @@ class GraspHparams(ExamplesHparams):
 
     _name: ClassVar[str] = "GraSP Hyperparameters"
     _description: ClassVar[str] = "Gradient signal preservation at initialization."
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.grasp_temperature > 0:
-            raise UserError(f"--grasp_temperature must be positive, got {self.grasp_temperature}")
 
 
 def hessian_gradient_product(s: Scoring, temperature: float) -> list[torch.Tensor]:

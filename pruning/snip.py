@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from open_lth.foundations import registries
-from open_lth.foundations.hparams import PruningHparams, _choice, hp
+from open_lth.foundations.hparams import PruningHparams, hp, one_of
 from open_lth.foundations.model import Model
 from open_lth.lottery.levels import has_batchnorm
 from open_lth.lottery.strategy import PruneContext
@@ -34,14 +34,11 @@ class SnipHparams(ExamplesHparams):
         "snip: BatchNorm mode of the scoring pass: eval (running statistics, as its authors' "
         "code and Synaptic-Flow) or train (the examples' statistics, as the Missing-the-Mark "
         "fork)",
+        check=one_of("eval", "train"),
     )
 
     _name: ClassVar[str] = "SNIP Hyperparameters"
     _description: ClassVar[str] = "Connection sensitivity at initialization."
-
-    def validate(self) -> None:
-        super().validate()
-        _choice(self.snip_batchnorm, "snip_batchnorm", ("eval", "train"))
 
 
 def chunk_losses(

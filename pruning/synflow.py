@@ -25,7 +25,7 @@ from torch.func import functional_call
 
 from open_lth.foundations import registries
 from open_lth.foundations.errors import UserError
-from open_lth.foundations.hparams import hp
+from open_lth.foundations.hparams import at_least, hp
 from open_lth.foundations.masks import Mask
 from open_lth.lottery.strategy import PruneContext
 from open_lth.pruning.at_init import AtInitHparams, AtInitStrategy, keep_highest, target_kept
@@ -34,7 +34,9 @@ from open_lth.pruning.gem_miner import kept_after
 
 @dataclass
 class SynflowHparams(AtInitHparams):
-    synflow_rounds: int = hp(100, "synflow: rounds of the exponential schedule (the released 100)")
+    synflow_rounds: int = hp(
+        100, "synflow: rounds of the exponential schedule (the released 100)", check=at_least(1)
+    )
     synflow_float32: bool = hp(
         False,
         "synflow: score in float32, as Synaptic-Flow's current code (default float64, the "
@@ -43,11 +45,6 @@ class SynflowHparams(AtInitHparams):
 
     _name: ClassVar[str] = "SynFlow Hyperparameters"
     _description: ClassVar[str] = "Iterative synaptic flow pruning, without data."
-
-    def validate(self) -> None:
-        super().validate()
-        if self.synflow_rounds < 1:
-            raise UserError(f"--synflow_rounds must be at least 1, got {self.synflow_rounds}")
 
 
 def input_shape(ctx: PruneContext) -> tuple[int, ...]:

@@ -43,6 +43,23 @@ def _largest_difference(a: dict, b: dict) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
+def train_in_one_and_two_processes(
+    cli, flags: list[str], root: Path
+) -> tuple[subprocess.CompletedProcess, tuple[str, dict], tuple[str, dict]]:
+    """`train` with `flags` in this process under root/one (one thread, as each torchrun
+    worker has), then under torchrun with two ranks under root/two: torchrun's result
+    and each run's (folder name, last weights)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli("train", *flags, f"--root={root / 'one'}")[0] == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = _torchrun("train", *flags, f"--root={root / 'two'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, _weights(root / "one"), _weights(root / "two")
+
+
 @pytest.mark.parametrize(
     "model, steps, data, extra",
     [
@@ -53,17 +70,8 @@ def _largest_difference(a: dict, b: dict) -> float:
 def test_torchrun_two_processes_equal_one(tmp_path: Path, cli, model, steps, data, extra) -> None:
     flags = [f"--default_hparams={model}", f"--dataset_root={data}", f"--training_steps={steps}",
              "--device=cpu", "--quiet", *extra]  # fmt: skip
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert cli("train", *flags, f"--root={tmp_path / 'one'}")[0] == 0
-    finally:
-        torch.set_num_threads(threads)
-    result = _torchrun("train", *flags, f"--root={tmp_path / 'two'}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    result, (name_one, one), (name_two, two) = train_in_one_and_two_processes(cli, flags, tmp_path)
     assert result.stdout.count("done: test accuracy") == 1  # rank 0 speaks
-    name_one, one = _weights(tmp_path / "one")
-    name_two, two = _weights(tmp_path / "two")
     assert name_one == name_two
     difference = _largest_difference(one, two)
     print(f"{model}, {steps}: largest weight difference {difference:.2e}")

@@ -325,7 +325,7 @@ def test_prepare_refuses_a_prepared_folder(folder: Path, prepared: Path, capsys)
 def test_torchrun_two_ranks_stream_what_one_process_does(cli, folder: Path, tmp_path: Path):
     """Each rank decodes its half of every batch (224-pixel crops: the subprocesses are
     not patched); the weights agree within 1e-3 as in tests/test_distributed.py."""
-    from test_distributed import _largest_difference, _torchrun, _weights
+    from test_distributed import _largest_difference, train_in_one_and_two_processes
 
     flags = [
         "--default_hparams=imagenet_resnet_18_8",
@@ -336,15 +336,7 @@ def test_torchrun_two_ranks_stream_what_one_process_does(cli, folder: Path, tmp_
         "--device=cpu",
         "--quiet",
     ]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert cli("train", *flags, f"--root={tmp_path / 'one'}")[0] == 0
-    finally:
-        torch.set_num_threads(threads)
-    result = _torchrun("train", *flags, f"--root={tmp_path / 'two'}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    (name_one, one), (name_two, two) = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    _, (name_one, one), (name_two, two) = train_in_one_and_two_processes(cli, flags, tmp_path)
     assert name_one == name_two and _largest_difference(one, two) < 1e-3
 
 

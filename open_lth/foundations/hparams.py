@@ -12,16 +12,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.step import check_step_syntax
 
+Check = Callable[[Any, str], None]
 
-def hp(default: Any = MISSING, help: str = "") -> Any:
-    """A dataclass field with help text; `hp(help=...)` alone makes it required."""
-    return field(default=default, metadata={"help": help})
+
+def hp(default: Any = MISSING, help: str = "", check: Check | None = None) -> Any:
+    """A dataclass field with help text; `hp(help=...)` alone makes it required.
+    `check(value, name)` raises UserError on a bad value; it is called on creation,
+    before `validate`, unless the value is None (an optional left unset)."""
+    return field(default=default, metadata={"help": help, "check": check})
 
 
 def _base_type(annotation: Any) -> type:
@@ -71,6 +76,10 @@ class Hparams:
             if value is not None:
                 for part in str(value).split(","):
                     check_step_syntax(part, f"--{name}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("check") is not None and value is not None:
+                f.metadata["check"](value, f.name)
         self.validate()
 
     def validate(self) -> None:
@@ -151,7 +160,11 @@ class Hparams:
         return "\n".join(lines)
 
 
-def _positive(value: float | None, name: str) -> None:
+# The checks a field names with `hp(..., check=...)` (validate calls them too): one
+# rule, one wording, wherever a flag must be positive, a fraction, ...
+
+
+def positive(value: float | None, name: str) -> None:
     if value is not None and not value > 0:
         raise UserError(f"--{name} must be positive, got {value}")
 
@@ -159,6 +172,29 @@ def _positive(value: float | None, name: str) -> None:
 def _choice(value: str, name: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise UserError(f"--{name} must be one of {', '.join(allowed)}; got '{value}'")
+
+
+def positive_int(value: int, name: str) -> None:
+    if value < 1:
+        raise UserError(f"--{name} must be a positive integer, got {value}")
+
+
+def fraction(value: float, name: str) -> None:
+    """Strictly between 0 and 1 (a density, a fraction pruned)."""
+    if not 0 < value < 1:
+        raise UserError(f"--{name} must be in (0, 1), got {value}")
+
+
+def at_least(low: int) -> Check:
+    def check(value: int, name: str) -> None:
+        if value < low:
+            raise UserError(f"--{name} must be at least {low}, got {value}")
+
+    return check
+
+
+def one_of(*allowed: str) -> Check:
+    return lambda value, name: _choice(value, name, allowed)
 
 
 @dataclass
@@ -185,19 +221,18 @@ class DatasetHparams(Hparams):
 class ModelHparams(Hparams):
     model_name: str = hp(help="the model, e.g. mnist_lenet_300_100 or cifar_resnet_20")
     model_init: str = hp(help="initializer of conv and linear weights, e.g. kaiming_normal")
-    batchnorm_init: str = hp(help="initializer of BatchNorm weights: uniform or fixed")
+    batchnorm_init: str = hp(
+        help="initializer of BatchNorm weights: uniform or fixed", check=one_of("uniform", "fixed")
+    )
     bias_init: str = hp(
         "zeros",
         "conv and linear biases: zeros, or pytorch (PyTorch's default U(±1/√fan_in), which "
         "open_lth leaves in place)",
+        check=one_of("zeros", "pytorch"),
     )
 
     _name: ClassVar[str] = "Model Hyperparameters"
     _description: ClassVar[str] = "The architecture and its initialization."
-
-    def validate(self) -> None:
-        _choice(self.batchnorm_init, "batchnorm_init", ("uniform", "fixed"))
-        _choice(self.bias_init, "bias_init", ("zeros", "pytorch"))
 
 
 @dataclass
@@ -233,8 +268,8 @@ class TrainingHparams(Hparams):
 
     def validate(self) -> None:
         _choice(self.optimizer_name, "optimizer_name", ("sgd", "adam"))
-        _positive(self.lr, "lr")
-        _positive(self.gamma, "gamma")
+        positive(self.lr, "lr")
+        positive(self.gamma, "gamma")
         if self.momentum < 0:
             raise UserError(f"--momentum must be non-negative, got {self.momentum}")
         if self.weight_decay is not None and self.weight_decay < 0:
@@ -248,8 +283,14 @@ class TrainingHparams(Hparams):
 @dataclass
 class PruningHparams(Hparams):
     pruning_strategy: str = hp("magnitude", "how weights are scored for pruning")
-    pruning_fraction: float = hp(0.2, "fraction of the remaining weights pruned per level")
-    pruning_scope: str = hp("global", "global (one threshold) or layerwise (per layer)")
+    pruning_fraction: float = hp(
+        0.2, "fraction of the remaining weights pruned per level", check=fraction
+    )
+    pruning_scope: str = hp(
+        "global",
+        "global (one threshold) or layerwise (per layer)",
+        check=one_of("global", "layerwise"),
+    )
     pruning_layers_to_ignore: str | None = hp(
         None,
         "comma-separated weights never pruned, e.g. fc.weight (gem_miner: none unless given here)",
@@ -270,9 +311,6 @@ class PruningHparams(Hparams):
     _description: ClassVar[str] = "How each level's mask is chosen."
 
     def validate(self) -> None:
-        if not 0 < self.pruning_fraction < 1:
-            raise UserError(f"--pruning_fraction must be in (0, 1), got {self.pruning_fraction}")
-        _choice(self.pruning_scope, "pruning_scope", ("global", "layerwise"))
         if self.pruning_count_without_ignored and self.pruning_scope != "global":
             raise UserError("--pruning_count_without_ignored applies to --pruning_scope=global")
 

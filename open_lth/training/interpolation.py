@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -72,6 +73,20 @@ def read_curve(path: Path) -> dict[tuple[float, str], tuple[float, float]]:
     return rows
 
 
+@dataclass
+class Ends:
+    """What every θ(α) is made of: a network of the right shape, the two states, the
+    splits it is evaluated on, and how its BatchNorm statistics are got (--bn_stats,
+    and the batch size of a recomputing pass)."""
+
+    template: Model
+    first: dict
+    second: dict
+    splits: dict[str, DeviceData]
+    bn_stats: str
+    bn_batch: int
+
+
 def evaluate_path(
     template: Model,
     first: dict,
@@ -84,6 +99,7 @@ def evaluate_path(
 ) -> dict[tuple[float, str], tuple[float, float]]:
     """Evaluate θ(α) on every split at `points` α, appending to curve.csv as chunks
     finish and skipping α already there (so an interrupted evaluation resumes)."""
+    ends = Ends(template, first, second, splits, bn_stats, bn_batch)
     done = read_curve(curve_path)
     todo = [a for a in alphas(points) if any((a, s) not in done for s in splits)]
     # Rewrite what is complete, so that a row cut short by a kill is not appended to.
@@ -94,20 +110,14 @@ def evaluate_path(
         for i in range(0, len(todo), CHUNK):
             if stop.signum is not None:  # the points so far are in curve.csv already
                 raise Interrupted(stop.signum, len(done) // len(splits), "interpolation point")
-            _evaluate_chunk(template, first, second, splits, todo[i : i + CHUNK], bn_stats,
-                            curve_path, bn_batch, device, done)  # fmt: skip
+            _evaluate_chunk(ends, todo[i : i + CHUNK], curve_path, device, done)
     return done
 
 
 def _evaluate_chunk(
-    template: Model,
-    first: dict,
-    second: dict,
-    splits: dict[str, DeviceData],
+    ends: Ends,
     chunk: list[float],
-    bn_stats: str,
     curve_path: Path,
-    bn_batch: int,
     device: torch.device,
     done: dict[tuple[float, str], tuple[float, float]],
 ) -> None:
@@ -115,14 +125,14 @@ def _evaluate_chunk(
     are appended to curve.csv and to `done`."""
     models = []
     for alpha in chunk:
-        model = copy.deepcopy(template)
-        model.load_state_dict(interpolate_state(first, second, alpha))
+        model = copy.deepcopy(ends.template)
+        model.load_state_dict(interpolate_state(ends.first, ends.second, alpha))
         models.append(model)
     net = (stack(models) if len(models) > 1 else models[0]).to(device)
-    if bn_stats == "recompute":
-        recompute_bn_stats(net, splits["train"], len(chunk), bn_batch)
+    if ends.bn_stats == "recompute":
+        recompute_bn_stats(net, ends.splits["train"], len(chunk), ends.bn_batch)
     rows = []
-    for split, data in splits.items():
+    for split, data in ends.splits.items():
         results = evaluate_copies(net, data, len(chunk))
         for alpha, (loss, accuracy) in zip(chunk, results, strict=True):
             done[(alpha, split)] = (1 - accuracy, loss)

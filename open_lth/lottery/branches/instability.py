@@ -74,10 +74,10 @@ class InstabilityBranch(Branch):
     description = "train two copies with different SGD noise; error along the path between them"
 
     def start(self, ctx: BranchContext) -> int:
-        levels = ctx.levels
-        own = levels.start_iteration(ctx.level)
         k = self.hparams.branch_rewinding_steps
-        return levels.data.step(k, "--branch_rewinding_steps") if k else own
+        if k:
+            return ctx.levels.data.step(k, "--branch_rewinding_steps")
+        return ctx.levels.start_iteration(ctx.level)
 
     def start_iteration(self, ctx: BranchContext) -> int:
         return self.start(ctx)
