@@ -34,6 +34,9 @@ from open_lth.training.data import derive_seed
 
 @dataclass
 class GraspHparams(ExamplesHparams):
+    _name: ClassVar[str] = "GraSP Hyperparameters"
+    _description: ClassVar[str] = "Gradient signal preservation at initialization."
+
     grasp_temperature: float = hp(
         200.0, "grasp: the logits are divided by it (the released 200)", check=positive
     )
@@ -42,9 +45,6 @@ class GraspHparams(ExamplesHparams):
         "grasp: score with every linear layer's weights drawn afresh (Xavier normal) in the "
         "scoring copy, as the released code's default reinit=True; the network keeps its own",
     )
-
-    _name: ClassVar[str] = "GraSP Hyperparameters"
-    _description: ClassVar[str] = "Gradient signal preservation at initialization."
 
 
 def hessian_gradient_product(s: Scoring, temperature: float) -> list[torch.Tensor]:
@@ -80,8 +80,8 @@ def reinitialize_linear(s: Scoring, mask: dict[str, torch.Tensor], seed: int) ->
 
 @registries.strategies.register("grasp")
 class Grasp(AtInitStrategy):
-    hparams_type = GraspHparams
     description = "GraSP: remove the highest -w·Hg (Hessian-gradient product), one shot"
+    hparams_type = GraspHparams
 
     @classmethod
     def changed_since(cls, made: int, pruning: PruningHparams, model: Model) -> str | None:

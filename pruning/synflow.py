@@ -34,6 +34,9 @@ from open_lth.pruning.gem_miner import kept_after
 
 @dataclass
 class SynflowHparams(AtInitHparams):
+    _name: ClassVar[str] = "SynFlow Hyperparameters"
+    _description: ClassVar[str] = "Iterative synaptic flow pruning, without data."
+
     synflow_rounds: int = hp(
         100, "synflow: rounds of the exponential schedule (the released 100)", check=at_least(1)
     )
@@ -42,9 +45,6 @@ class SynflowHparams(AtInitHparams):
         "synflow: score in float32, as Synaptic-Flow's current code (default float64, the "
         "Missing-the-Mark fork's)",
     )
-
-    _name: ClassVar[str] = "SynFlow Hyperparameters"
-    _description: ClassVar[str] = "Iterative synaptic flow pruning, without data."
 
 
 def input_shape(ctx: PruneContext) -> tuple[int, ...]:

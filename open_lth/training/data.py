@@ -15,6 +15,13 @@ from open_lth.foundations.dataset import StreamedDataset
 from open_lth.foundations.errors import UserError
 from open_lth.foundations.hparams import DatasetHparams
 
+# A batch's examples (positions in the split), its images and labels, the generator of
+# its augmentation (None: none), and each copy's augmentation seed for the step.
+Index = torch.Tensor
+XY = tuple[torch.Tensor, torch.Tensor]
+Draws = torch.Generator | None
+SeedList = list[int] | None
+
 
 def derive_seed(*parts: object) -> int:
     """A 63-bit seed from any parts; stable across processes and Python versions
@@ -156,12 +163,7 @@ class DeviceData:
             x = resized_crop_apply(x, *self._resized_crop_draws(len(x), generator))
         return torch.addcmul(self._shift, x.float(), self._scale), self.labels[index]
 
-    def copies_batch(
-        self,
-        index: torch.Tensor,
-        generator: torch.Generator | None = None,
-        seeds: list[int] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def copies_batch(self, index: Index, generator: Draws = None, seeds: SeedList = None) -> XY:
         """K copies' batches at once: `index` (K, B) holds each copy's examples, and
         `seeds` each copy's augmentation seed for this step. Returns images laid out for
         a stacked network, (B, K·C, H, W), and labels (B, K). Each copy's images are

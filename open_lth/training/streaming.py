@@ -26,7 +26,7 @@ import torch
 from open_lth.foundations import distributed
 from open_lth.foundations.images import Source
 from open_lth.training import decoders
-from open_lth.training.data import derive_seed, epoch_order
+from open_lth.training.data import XY, Draws, Index, SeedList, derive_seed, epoch_order
 
 # How many batches ahead of the one being served are decoded.
 AHEAD = 2
@@ -106,12 +106,7 @@ class StreamData:
         x, y = self._make(index.view(1, -1), None if seed is None else [seed], shard=False)
         return x, y[:, 0]
 
-    def copies_batch(
-        self,
-        index: torch.Tensor,
-        generator: torch.Generator | None = None,
-        seeds: list[int] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def copies_batch(self, index: Index, generator: Draws = None, seeds: SeedList = None) -> XY:
         """K copies' batches (see DeviceData.copies_batch): images (B, K·C, H, W) and
         labels (B, K). Under torchrun only this rank's rows of the images are made (the
         others are left unset; the loop keeps this rank's slice)."""
