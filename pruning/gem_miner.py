@@ -350,11 +350,14 @@ class _Search:
         gone = lowest_positions(scores, alive, remaining - keep)
         with torch.no_grad():
             for s, a, g in zip(scores, alive, gone, strict=True):
-                a.view(-1)[g] = False
-                s.view(-1)[g] = 0
+                # By (row-major) position, whatever the layout: on CUDA a convolution's
+                # scores, survivors and momentum are channels_last, not views of a line.
+                at = torch.unravel_index(g.to(a.device), a.shape)
+                a[at] = False
+                s[at] = 0
                 buffer = optimizer.state.get(s, {}).get("momentum_buffer")
                 if buffer is not None:
-                    buffer.view(-1)[g] = 0
+                    buffer[at] = 0
         self.net.refresh()
 
     def run(self) -> Mask:
@@ -375,7 +378,7 @@ class _Search:
             ) from None
         mask = {n: m.clone() for n, m in self.ctx.mask.items()}
         for n, a in zip(self.names, self.net.alive(), strict=True):
-            mask[n] = a.to(self.ctx.mask[n].device).clone()
+            mask[n] = a.to(self.ctx.mask[n].device).contiguous().clone()
         kept = sum(int(mask[n].sum()) for n in self.names)
         if kept != self.target:  # the schedule's last event lands on the target
             raise AssertionError(f"gem_miner kept {kept}, expected {self.target}")

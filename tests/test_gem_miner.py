@@ -587,3 +587,26 @@ def test_the_speed_benchmark_runs_on_a_cpu():
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "the released search (56940 steps)" in done.stdout
+
+
+def test_a_prune_event_on_channels_last_tensors(tmp_path: Path):
+    """On CUDA a convolution's scores, survivors and momentum are channels_last (the loop
+    converts the network): a prune event removes the same weights by position as on
+    contiguous tensors, in place."""
+    ctx = context(tmp_path, model("cifar_resnet_8_4"), train=cifar_like(16), batch_size=8)
+    states = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        search = gm._Search(ctx, [], hparams(target_density=0.3))
+        net = search.net.to(memory_format=layout)
+        optimizer = torch.optim.SGD(list(net.scores), lr=0.1, momentum=0.9)
+        for s in net.scores:  # one step, so that every score has a momentum buffer
+            s.grad = torch.ones_like(s)
+        optimizer.step()
+        search._prune_event(1, optimizer)
+        buffers = [optimizer.state[s]["momentum_buffer"].clone() for s in net.scores]
+        states.append(([s.detach().clone() for s in net.scores], net.alive(), buffers))
+    conv = search.names.index("conv.weight")
+    assert not states[1][0][conv].is_contiguous()  # the case under test
+    assert (~states[0][1][conv]).any()  # the event removed some of this layer
+    for first, second in zip(*states, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
