@@ -330,7 +330,7 @@ def test_resnet20_output_layer_is_scored_by_default(cli, tmp_path: Path):
 # --- resume and determinism ---
 
 
-def test_resumed_search_gives_the_uninterrupted_mask(tmp_path: Path, monkeypatch):
+def test_resumed_search_gives_the_uninterrupted_mask(tmp_path: Path, monkeypatch, capsys):
     train = data(augment=True)  # the per-step augmentation must resume too
     # 23 steps, events after 5, 9, 13, 17 and 21 (the last)
     changes = {"gem_miner_steps": "2ep3it", "gem_miner_prune_every": "4it"}
@@ -353,8 +353,13 @@ def test_resumed_search_gives_the_uninterrupted_mask(tmp_path: Path, monkeypatch
     monkeypatch.setattr(checkpoints, "atomic_torch_save", real)
 
     batches = batches_drawn(monkeypatch, train)
-    resumed = prune(context(tmp_path / "b", train=train), **changes)
+    loud = context(tmp_path / "b", train=train)
+    loud.quiet = False
+    capsys.readouterr()
+    resumed = prune(loud, **changes)
     assert len(batches) == 21 - 13  # it resumed, it did not start over
+    said = f"resuming from iteration 13 ({tmp_path / 'b' / gm.CHECKPOINT})"
+    assert said in capsys.readouterr().out.splitlines()
     assert resumed.keys() == reference.keys()
     for name in reference:
         assert torch.equal(resumed[name], reference[name]), name

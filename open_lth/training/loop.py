@@ -154,6 +154,8 @@ class Loop:
         if not self.stage.options.quiet and distributed.is_primary():
             saved = self.checkpoints.paths
             where = saved[0].parent if len(saved) == 1 else f"{self.k} runs"
+            if saved[0] != paths.checkpoint(saved[0].parent):  # e.g. Gem-Miner's search
+                where = saved[0]
             print(f"resuming from iteration {self.resumed_at} ({where})", flush=True)
         for logger in self.loggers:
             logger.keep_until(self.resumed_at)
