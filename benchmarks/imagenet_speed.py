@@ -9,7 +9,9 @@ it writes (--images JPEGs of 500x375 or 375x500, quality 90): ResNet-50 at batch
   (c) this pipeline from shards packed by experiments/jobs/prepare_data.py;
   (d) random tensors already on the device: the ceiling;
 
-in images per second, and the pipeline's decode-and-augment throughput alone.
+in images per second, and the pipeline's decode-and-augment throughput alone; and
+Pillow's decode and crop of the same files in a pool of threads (what the pipeline
+uses) against a pool of worker processes (a DataLoader's way), one worker a core.
 
     python benchmarks/imagenet_speed.py [--device=auto|cpu|cuda] [--images=4096]
         [--batch_size=256] [--model=imagenet_resnet_50] [--steps=30]
@@ -22,11 +24,13 @@ Smoke mode (a CPU, under a minute): --device=cpu --model=imagenet_resnet_18_8
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -167,6 +171,22 @@ def rate(
     return steps * batch / (time.perf_counter() - start)
 
 
+def pillow_crop_file(path: Path) -> tuple[int, ...]:
+    image = train_crop(
+        decode(path.read_bytes(), str(path)), 224, hash(path.name), (0.1, 1.0), (0.8, 1.25)
+    )
+    return image.shape
+
+
+def pool_rate(files: list[Path], pool: Executor) -> float:
+    """Images a second that `pool` decodes and crops with Pillow (after a warm-up)."""
+    with pool:
+        list(pool.map(pillow_crop_file, files[:8]))
+        start = time.perf_counter()
+        list(pool.map(pillow_crop_file, files, chunksize=8))
+        return len(files) / (time.perf_counter() - start)
+
+
 def refuse(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -213,6 +233,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             "c": rate(streamed(prepared, b, device), step, n, b, device),
             "d": rate(ceiling(b, device), step, n, b, device),
         }
+        files = sorted(folder.glob("train/*/*.JPEG"))
+        cores = len(os.sched_getaffinity(0))
+        r["pillow_threads"] = pool_rate(files, ThreadPoolExecutor(cores))
+        # Spawned, not forked: the parent may hold a CUDA context.
+        spawn = multiprocessing.get_context("spawn")
+        r["pillow_processes"] = pool_rate(files, ProcessPoolExecutor(cores, mp_context=spawn))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     decoder = decoders.choose(device)  # what StreamData chose for (b) and (c)
     print(
@@ -221,6 +247,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     print(f"decode and augment alone, files:  {r['decode_files']:9.1f} images/s")
     print(f"decode and augment alone, shards: {r['decode_shards']:9.1f} images/s")
+    print(f"Pillow decode + crop, threads:    {r['pillow_threads']:9.1f} images/s")
+    print(f"Pillow decode + crop, processes:  {r['pillow_processes']:9.1f} images/s")
     print(f"(a) conventional DataLoader:      {r['a']:9.1f} images/s")
     print(f"(b) this pipeline, JPEG files:    {r['b']:9.1f} images/s")
     print(f"(c) this pipeline, shards:        {r['c']:9.1f} images/s")

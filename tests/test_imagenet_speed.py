@@ -22,7 +22,7 @@ def test_smoke_mode_measures_every_pipeline() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
-    for label in ("files:", "shards:", "(a) ", "(b) ", "(c) ", "(d) "):
+    for label in ("files:", "shards:", "threads:", "processes:", "(a) ", "(b) ", "(c) ", "(d) "):
         line = next(line for line in out.splitlines() if label in line)
         assert float(re.search(r"([\d.]+) images/s", line).group(1)) > 0, line
     assert re.search(r"\(b\)/\(d\) = [\d.]+ .*\(b\)/\(a\) = [\d.]+", out)
