@@ -31,13 +31,18 @@ from open_lth.foundations import masks  # noqa: E402
 from open_lth.foundations.hparams import PruningHparams  # noqa: E402
 from open_lth.foundations.model import build_model  # noqa: E402
 from open_lth.lottery.strategy import PruneContext  # noqa: E402
-from open_lth.pruning.gem_miner import GemMinerHparams, GemMinerStrategy  # noqa: E402
+from open_lth.pruning.gem_miner import (  # noqa: E402
+    GemMinerHparams,
+    GemMinerStrategy,
+    prune_events,
+)
 
 RELEASED_STEPS = (29 * 5 + 1) * 390  # to the last prune event, after epoch index 146
 
 
-def search_seconds(spec: dict, model: str, steps: int, graphs: str) -> float:
-    """Wall seconds of one search of `steps` steps (its events every steps/4)."""
+def search_seconds(spec: dict, model: str, steps: int, graphs: str) -> tuple[float, int]:
+    """Wall seconds of one search of `steps` steps (its events every steps/4), and the
+    steps it ran: it stops at its last event."""
     device = spec["train"].device
     model_hp = dataclasses.replace(spec["model_hp"], model_name=model)
     net = build_model(model_hp, 10, seed=1).to(device)
@@ -51,12 +56,14 @@ def search_seconds(spec: dict, model: str, steps: int, graphs: str) -> float:
         )  # fmt: skip
         start = sync_time()
         GemMinerStrategy(hparams).prune(ctx, [])
-        return sync_time() - start
+        seconds = sync_time() - start
+    ipe = len(spec["train"]) // spec["batch"]
+    return seconds, prune_events(steps, steps // 4, ipe)[-1]
 
 
 def steady_rate(spec: dict, model: str, lengths: tuple[int, int], graphs: str) -> float:
-    short, long = (search_seconds(spec, model, n, graphs) for n in lengths)
-    return (lengths[1] - lengths[0]) / (long - short)
+    (short, a), (long, b) = (search_seconds(spec, model, n, graphs) for n in lengths)
+    return (b - a) / (long - short)
 
 
 def main() -> None:
