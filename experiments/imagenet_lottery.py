@@ -45,6 +45,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--levels", type=int, help="pruning levels (default 10; quick 2)")
     group.add_argument("--strategies", default="magnitude", help="comma-separated")
     group.add_argument("--rewind", metavar="STEP", help="rewinding step (default 6ep)")
+    group.add_argument(
+        "--fisher_examples",
+        type=int,
+        default=10000,
+        help="training examples for Fisher's F̂ in the fisher runs (default 10000; the "
+        "lottery's own default, the whole set, is a pass over 1.28M images a level)",
+    )
 
 
 def settings(args: argparse.Namespace) -> dict:
@@ -60,6 +67,7 @@ def lottery_run(
         f"--default_hparams={s['model']}",
         "--dataset_name=imagenet",
         f"--pruning_strategy={strategy}",
+        *([f"--fisher_examples={args.fisher_examples}"] if strategy == "fisher" else []),
         "--pruning_fraction=0.2",
         "--pruning_scope=global",
         *start,

@@ -47,6 +47,16 @@ def test_slurm_dry_run_submits_resnet_50_imp_with_rewinding_over_8_gpus(
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
 
 
+def test_fisher_runs_score_on_ten_thousand_examples(folder: Path, tmp_path: Path, capsys) -> None:
+    """Not on the whole of ImageNet at every level (the lottery's default)."""
+    argv = [f"--root={tmp_path}", f"--dataset_root={folder}", "--pack=1", "--dry_run"]
+    assert study([*argv, "--strategies=fisher,magnitude"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "--pruning_strategy" in line]
+    fisher = [line for line in lines if "--pruning_strategy=fisher" in line]
+    assert fisher and all("--fisher_examples=10000" in line for line in fisher)
+    assert all("--fisher_examples" not in line for line in lines if line not in fisher)
+
+
 def test_quick_runs_two_rewound_levels_on_a_cpu(folder: Path, tmp_path: Path) -> None:
     argv = ["--quick", f"--root={tmp_path}", f"--dataset_root={folder}", "--pack=1"]
     assert study(argv) == 0
