@@ -29,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -172,9 +173,8 @@ def rate(
 
 
 def pillow_crop_file(path: Path) -> tuple[int, ...]:
-    image = train_crop(
-        decode(path.read_bytes(), str(path)), 224, hash(path.name), (0.1, 1.0), (0.8, 1.25)
-    )
+    seed = zlib.crc32(path.name.encode())  # hash() differs from process to process
+    image = train_crop(decode(path.read_bytes(), str(path)), 224, seed, (0.1, 1.0), (0.8, 1.25))
     return image.shape
 
 
