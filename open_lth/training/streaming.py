@@ -129,7 +129,8 @@ class StreamData:
         for example in following:  # read (and decoded) while this batch's step runs
             self._decode_future(example)
         part = self.decoder.images(loaded, crop_seeds)  # (K·n, 3, H, W) on the device
-        part = torch.addcmul(self._shift, part.float(), self._scale).contiguous()
+        # Laid out (N, C, H, W) while still uint8: a quarter of the bytes to move.
+        part = torch.addcmul(self._shift, part.contiguous().float(), self._scale)
         n = hi - lo
         if k > 1:
             part = part.view(k, n, *part.shape[1:]).transpose(0, 1).reshape(n, -1, *part.shape[2:])
