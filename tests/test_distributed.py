@@ -200,3 +200,29 @@ def test_synced_batchnorm_equals_one_batchnorm_over_the_whole_batch(
     differences = out.get()
     print(dtype, shift, differences)
     assert max(differences.values()) < tolerance, differences
+
+
+def test_gem_miner_searches_in_full_on_every_rank(tmp_path: Path, cli) -> None:
+    """Under torchrun each rank runs Gem-Miner's whole search by itself, as one process
+    does (no DDP, no shard), so level 1's mask is one process's to the bit. Split over
+    the ranks as training is, this ResNet-8's search ends with another mask (the ranks
+    reduce in another order: tried)."""
+    flags = ["lottery", "--default_hparams=cifar_resnet_20", "--model_name=cifar_resnet_8_4",
+             f"--dataset_root={CIFAR}", "--batch_size=32", "--training_steps=4it",
+             "--eval_every=4it", "--pruning_strategy=gem_miner", "--levels=1",
+             "--gem_miner_steps=12it", "--gem_miner_prune_every=4it", "--device=cpu",
+             "--quiet"]  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli(*flags, f"--root={tmp_path / 'one'}")[0] == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = _torchrun(*flags, f"--root={tmp_path / 'two'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (one,) = (tmp_path / "one").glob("*/replicate_1/level_1/main/mask.pt")
+    (two,) = (tmp_path / "two").glob("*/replicate_1/level_1/main/mask.pt")
+    assert one.relative_to(tmp_path / "one") == two.relative_to(tmp_path / "two")
+    a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((tmp_path / "two").rglob("gem_miner_checkpoint*"))
