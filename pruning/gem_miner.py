@@ -41,12 +41,14 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.func import functional_call
+from tqdm import tqdm
 
 from open_lth.foundations import distributed, formats, paths, registries
 from open_lth.foundations.errors import TrainingDiverged, UserError
@@ -338,6 +340,27 @@ class _Search:
         if it in self.event_steps:
             loop.check_finite()
             self._prune_event(self.event_steps.index(it) + 1, loop.optimizer)
+            if not self.ctx.quiet and distributed.is_primary():
+                print(self._progress(loop, it), flush=True)
+
+    def _progress(self, loop: Loop, it: int) -> str:
+        """One line an event, so that a long search shows in a log without a terminal:
+        where it is, what is left, the mean loss since the last line, the rate."""
+        event, last = self.event_steps.index(it) + 1, self.event_steps[-1]
+        kept = sum(int(a.sum()) for a in self.net.alive())
+        total = sum(a.numel() for a in self.net.alive())
+        state, now = loop.state, time.perf_counter()
+        loss_sum, steps = float(state.loss_sum.sum()), state.steps
+        before = self._said or (0.0, 0, self._began, loop.resumed_at or 0)
+        loss = (loss_sum - before[0]) / max(1, steps - before[1])
+        rate = (it - before[3]) / max(now - before[2], 1e-9)
+        left = tqdm.format_interval((last - it) / rate) if rate > 0 else "?"
+        self._said = (loss_sum, steps, now, it)
+        return (
+            f"gem_miner step {it}/{last}: prune event {event}/{self.events}, {kept:,} of "
+            f"{total:,} scored weights left ({100 * kept / total:.2f}%), train loss "
+            f"{loss:.4f}, {rate:.1f} it/s, {left} left"
+        )
 
     def _prune_event(self, event: int, optimizer: torch.optim.Optimizer) -> None:
         """Remove the lowest surviving scores, in place: survivors, scores, their momentum
@@ -366,6 +389,7 @@ class _Search:
             self.path.unlink()
             paths.previous_of(self.path).unlink(missing_ok=True)
         loop = Loop([self.net], self.stage())
+        self._began, self._said = time.perf_counter(), None
         try:
             with distributed.alone():  # every rank searches in full, as one process
                 loop.run()

@@ -4,6 +4,7 @@ weights, resume, determinism, bad input, and a lottery run on real MNIST."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 from pathlib import Path
 
@@ -615,3 +616,16 @@ def test_a_prune_event_on_channels_last_tensors(tmp_path: Path):
     assert (~states[0][1][conv]).any()  # the event removed some of this layer
     for first, second in zip(*states, strict=True):
         assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_the_search_says_a_line_at_each_prune_event(tmp_path: Path, capsys):
+    """A long search shows in a log without a terminal (Colab, Slurm): one line an event,
+    with its counts, the loss since the line before, the rate and the time left."""
+    ctx = context(tmp_path)
+    ctx.quiet = False
+    new = prune(ctx, gem_miner_steps="10it", gem_miner_prune_every="3it")  # after 4, 7, 10
+    lines = [line for line in capsys.readouterr().out.splitlines() if "gem_miner" in line]
+    assert [line.split(":")[0] for line in lines] == [f"gem_miner step {s}/10" for s in (4, 7, 10)]
+    kept = sum(int(m.sum()) for m in new.values())
+    assert f"prune event 3/3, {kept:,} of 40,400 scored weights left" in lines[-1]
+    assert all(re.search(r"train loss \d+\.\d{4}, [\d.]+ it/s, \S+ left$", x) for x in lines)
