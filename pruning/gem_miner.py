@@ -43,6 +43,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -65,7 +66,7 @@ from open_lth.training.loop import Loop
 from open_lth.training.signals import Interrupted
 from open_lth.training.trainer import Copy, Seeds, Stage, TrainOptions, iterations_per_epoch
 
-CHECKPOINT = "gem_miner_checkpoint.pt"
+CHECKPOINT = paths.search_checkpoint(Path()).name
 
 
 @dataclass
@@ -290,7 +291,7 @@ class _Search:
         self.net = ScoredNetwork(
             _non_affine(ctx.start_model), self.names, ctx.mask, ctx.seed, ctx.train_data.device
         )
-        self.path = ctx.workdir / CHECKPOINT
+        self.path = paths.search_checkpoint(ctx.workdir)
         self.config = {
             "seed": ctx.seed,
             "names": self.names,

@@ -70,3 +70,30 @@ def test_status_of_a_missing_or_empty_root_is_one_line(cli, tmp_path: Path) -> N
     code, _, err = cli("status", f"--root={tmp_path / 'empty'}")
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith(f"error: no runs under {tmp_path / 'empty'} ")
+
+
+def test_a_level_whose_gem_miner_search_stopped_says_where(cli, tmp_path: Path, monkeypatch):
+    """Level 1's mask is still being found: its row says so, at the search's step, not
+    'no iteration logged yet'."""
+    from open_lth.training import checkpoints
+
+    root = tmp_path / "runs"
+    real = checkpoints.atomic_torch_save
+
+    def killed_after_the_first_search_checkpoint(path: Path, obj: dict) -> None:
+        real(path, obj)
+        if path.name == "gem_miner_checkpoint.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoints, "atomic_torch_save", killed_after_the_first_search_checkpoint)
+    flags = ("--training_steps=20it", "--eval_every=20it", "--pruning_strategy=gem_miner",
+             "--levels=1", "--gem_miner_steps=40it", "--gem_miner_prune_every=10it")  # fmt: skip
+    try:  # events after steps 11, 21 and 31; the first checkpoint at 11
+        cli(*lenet_lottery(root, *flags))
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.undo()
+    rows, _ = table(cli, root)
+    ((state, detail),) = [v for k, v in rows.items() if k.startswith("lottery_")]
+    assert state == "crashed"
+    assert detail.startswith("level 1 searching its mask (Gem-Miner), at step 11"), detail

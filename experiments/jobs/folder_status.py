@@ -48,7 +48,12 @@ def state_of(directory: Path, done: bool) -> str:
 
 def at(directory: Path) -> str:
     iteration = last_iteration(directory)
-    return "no iteration logged yet" if iteration is None else f"at iteration {iteration}"
+    if iteration is not None:
+        return f"at iteration {iteration}"
+    search = load.try_load(paths.search_checkpoint(directory)) if directory.is_dir() else None
+    if search and "iteration" in search:  # the level's mask is still being found
+        return f"searching its mask (Gem-Miner), at step {int(search['iteration'])}"
+    return "no iteration logged yet"
 
 
 def train_row(replicate: Path) -> tuple[str, str]:

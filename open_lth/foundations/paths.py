@@ -79,6 +79,12 @@ def previous_checkpoint(directory: Path) -> Path:
     return previous_of(checkpoint(directory))
 
 
+def search_checkpoint(directory: Path) -> Path:
+    """Gem-Miner's score search, in the folder of the level whose mask it finds (gone
+    once the mask is made)."""
+    return Path(directory) / "gem_miner_checkpoint.pt"
+
+
 def previous_of(checkpoint_file: Path) -> Path:
     """The checkpoint kept before `checkpoint_file` (open_lth.training.checkpoints):
     checkpoint.pt -> checkpoint_previous.pt, gem_miner_checkpoint.pt ->
