@@ -172,10 +172,12 @@ def rate(
     return steps * batch / (time.perf_counter() - start)
 
 
+CROP = decoders.Crop(224, 256, (0.1, 1.0), (0.8, 1.25))  # open_lth's, as the pipeline's
+
+
 def pillow_crop_file(path: Path) -> tuple[int, ...]:
     seed = zlib.crc32(path.name.encode())  # hash() differs from process to process
-    image = train_crop(decode(path.read_bytes(), str(path)), 224, seed, (0.1, 1.0), (0.8, 1.25))
-    return image.shape
+    return decoders.pillow_crop(decode(path.read_bytes(), str(path)), seed, CROP).shape
 
 
 def pool_rate(files: list[Path], pool: Executor) -> float:

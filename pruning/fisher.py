@@ -10,6 +10,7 @@ for the layer input a_n. For a Linear layer Σₙ (δ_n a_nᵀ)² = (δ²)ᵀ(a�
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -215,9 +216,9 @@ def _linear_squares(a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 def batch_for(data: DeviceData) -> int:
     """Examples a forward takes: 1,000 up to CIFAR-10's size, fewer for larger images, so
     that a batch holds no more input than 1,000 CIFAR-10 images (ImageNet at 224×224: 20;
-    1,000 would hold a ResNet-50's activations of 1,000 images at once)."""
-    x, _ = data.batch(torch.arange(1, device=data.device))
-    return max(1, min(1000, BATCH_ELEMENTS // x[0].numel()))
+    1,000 would hold a ResNet-50's activations of 1,000 images at once). The shape of
+    `data.images` says it (a streamed split's is a shape only), with nothing decoded."""
+    return max(1, min(1000, BATCH_ELEMENTS // math.prod(data.images.shape[1:])))
 
 
 def fisher_diagonal(

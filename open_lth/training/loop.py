@@ -270,8 +270,6 @@ class Loop:
         return [j for j in range(self.k) if j not in self.state.diverged]
 
     def save_weights(self, iteration: int) -> None:
-        if all(c.out is None for c in self.stage.copies):
-            return
         state = self.base_net.state_dict()
         states = [state] if self.k == 1 else unstack_state(state, self.base_net)
         for j in self.live():
